@@ -1,0 +1,1 @@
+"""The non-local block conformance suite (see docs/conformance.md)."""

@@ -1,0 +1,131 @@
+"""Canonical weight tensors: names, shapes, initialisation and validation.
+
+The canonical layout (spec section "Weights") is framework-neutral: a 1x1 projection from
+``a`` to ``b`` channels is a ``(b, a)`` matrix acting on channel vectors, so
+``theta_i = theta.weight @ x_i + theta.bias``. Backends convert to and from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .config import NonLocalConfig
+
+Weights = dict[str, np.ndarray]
+
+
+class WeightError(ValueError):
+    """A weight dict does not match what the config needs."""
+
+
+def weight_shapes(config: NonLocalConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical name and shape of every tensor `config` needs - exactly those.
+
+    Example:
+        >>> from nonlocal_core import NonLocalConfig
+        >>> weight_shapes(NonLocalConfig(8, instantiation="gaussian", norm=None))
+        {'g.weight': (4, 8), 'g.bias': (4,), 'out.weight': (8, 4), 'out.bias': (8,)}
+    """
+    c, ci, cc = config.in_channels, config.inter_channels, config.context_channels
+    shapes: dict[str, tuple[int, ...]] = {}
+    if config.instantiation != "gaussian":
+        shapes["theta.weight"] = (ci, c)
+        shapes["theta.bias"] = (ci,)
+        shapes["phi.weight"] = (ci, cc)
+        shapes["phi.bias"] = (ci,)
+    shapes["g.weight"] = (ci, cc)
+    shapes["g.bias"] = (ci,)
+    if config.instantiation == "concatenation":
+        shapes["concat.weight"] = (2 * ci,)
+    shapes["out.weight"] = (c, ci)
+    shapes["out.bias"] = (c,)
+    if config.norm == "batch":
+        for name in ("gamma", "beta", "running_mean", "running_var"):
+            shapes[f"norm.{name}"] = (c,)
+    return shapes
+
+
+def init_weights(config: NonLocalConfig, seed: int | None = 0) -> Weights:
+    """The spec's initialisation, in float64: a block built from it is the identity.
+
+    Projection weights (theta, phi, g, and W_z when a norm follows) and ``concat.weight`` are
+    drawn from N(0, 0.01^2); biases are 0; BN starts at gamma = beta = 0 with running
+    statistics (0, 1). Without a norm, W_z is all zeros instead, so z = x either way.
+
+    Example:
+        >>> from nonlocal_core import NonLocalConfig
+        >>> w = init_weights(NonLocalConfig(8), seed=1)
+        >>> float(abs(w["theta.weight"]).max()) < 0.1, float(w["norm.gamma"].sum())
+        (True, 0.0)
+    """
+    rng = np.random.default_rng(seed)
+    out: Weights = {}
+    for name, shape in weight_shapes(config).items():
+        if name == "norm.running_var":
+            out[name] = np.ones(shape)
+        elif name.endswith(".weight") and not (name == "out.weight" and config.norm is None):
+            out[name] = rng.normal(0.0, 0.01, size=shape)
+        else:
+            out[name] = np.zeros(shape)
+    return out
+
+
+def random_weights(config: NonLocalConfig, seed: int | None = 0, scale: float = 0.5) -> Weights:
+    """Weights with every tensor random (BN included), for tests: the block is far from identity.
+
+    Matrices are scaled by ``scale / sqrt(fan_in)`` so activations stay O(1) whatever the
+    widths; ``norm.running_var`` lies in [0.5, 1.5].
+
+    Example:
+        >>> from nonlocal_core import NonLocalConfig
+        >>> sorted(random_weights(NonLocalConfig(4, norm=None), seed=3))[:2]
+        ['g.bias', 'g.weight']
+    """
+    rng = np.random.default_rng(seed)
+    out: Weights = {}
+    for name, shape in weight_shapes(config).items():
+        if name == "norm.running_var":
+            out[name] = rng.uniform(0.5, 1.5, size=shape)
+        elif len(shape) == 2:
+            out[name] = rng.normal(0.0, scale / np.sqrt(shape[1]), size=shape)
+        elif name == "concat.weight":
+            out[name] = rng.normal(0.0, scale / np.sqrt(shape[0] / 2), size=shape)
+        elif name == "norm.gamma":
+            out[name] = rng.uniform(0.5, 1.5, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+        else:
+            out[name] = rng.normal(0.0, scale, size=shape)
+    return out
+
+
+def check_weights(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> None:
+    """Raise `WeightError` naming the first missing, extra or mis-shaped tensor.
+
+    Example:
+        >>> from nonlocal_core import NonLocalConfig
+        >>> cfg = NonLocalConfig(4, norm=None, instantiation="gaussian")
+        >>> check_weights({}, cfg)
+        Traceback (most recent call last):
+        ...
+        nonlocal_core.weights.WeightError: missing weight(s) ['g.bias', 'g.weight', 'out.bias', 'out.weight'] ...
+    """  # noqa: E501
+    expected = weight_shapes(config)
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing:
+        raise WeightError(
+            f"missing weight(s) {missing} for {config.instantiation} (norm={config.norm!r}); "
+            f"expected exactly {sorted(expected)}"
+        )
+    if extra:
+        raise WeightError(
+            f"unexpected weight(s) {extra} for {config.instantiation} (norm={config.norm!r}); "
+            f"expected exactly {sorted(expected)}"
+        )
+    for name, shape in expected.items():
+        got = tuple(np.shape(weights[name]))
+        if got != shape:
+            raise WeightError(f"weight {name!r} has shape {got}, expected {shape}")
+    if "norm.running_var" in weights and np.any(np.asarray(weights["norm.running_var"]) < 0):
+        raise WeightError("weight 'norm.running_var' has negative entries: a variance is >= 0")
