@@ -141,15 +141,14 @@ class NonLocalConfig:
             return None
         if value is True:
             return DEFAULT_WINDOWS[self.spatial_dims]
-        if _is_int(value):
-            value = (value,) * self.spatial_dims
+        windows = (value,) * self.spatial_dims if _is_int(value) else value
         if (
-            isinstance(value, Sequence)
-            and not isinstance(value, str)
-            and len(value) == self.spatial_dims
-            and all(_is_int(w) and w >= 1 for w in value)
+            isinstance(windows, Sequence)
+            and not isinstance(windows, str)
+            and len(windows) == self.spatial_dims
+            and all(_is_int(w) and w >= 1 for w in windows)
         ):
-            return tuple(int(w) for w in value)
+            return tuple(int(w) for w in windows)
         raise _fail(
             "subsample",
             value,
