@@ -29,6 +29,7 @@ def test_inter_channels_default_is_half_at_least_one(c, expected):
 
 @pytest.mark.parametrize("dims, expected", [(1, (2,)), (2, (2, 2)), (3, (1, 2, 2))])
 def test_subsample_true_means_the_paper_windows(dims, expected):
+    # spec: POOL-1
     assert NonLocalConfig(4, spatial_dims=dims, subsample=True).subsample == expected
 
 
@@ -40,6 +41,7 @@ def test_subsample_int_and_sequence_forms():
 
 
 def test_logit_scale_forms():
+    # spec: INST-3
     assert NonLocalConfig(8, instantiation="gaussian").scale == pytest.approx(8**-0.5)
     assert NonLocalConfig(8, inter_channels=2).scale == pytest.approx(2**-0.5)
     assert NonLocalConfig(8, logit_scale=False).scale == 1.0
@@ -111,6 +113,7 @@ BAD = [
 
 @pytest.mark.parametrize("fields, field, expected", BAD)
 def test_invalid_field_names_field_value_and_what_is_allowed(fields, field, expected):
+    # spec: CFG-1 INST-1 INST-3
     fields = {"in_channels": 4, **fields}
     with pytest.raises(ConfigError) as info:
         NonLocalConfig(**fields)

@@ -73,11 +73,13 @@ CASES = [
 
 @pytest.mark.parametrize("what, kwargs, message", CASES, ids=[c[0] for c in CASES])
 def test_invalid_input_raises_clear_error(what, kwargs, message):
+    # spec: ERR-1 POOL-2 IO-2
     with pytest.raises(InputError, match=message):
         forward(**kwargs)
 
 
 def test_context_required_when_its_channels_differ():
+    # spec: IO-2
     cfg = NonLocalConfig(4, context_channels=6)
     with pytest.raises(
         InputError, match=r"context is required: .*context_channels=6 != in_channels=4"

@@ -69,6 +69,7 @@ def random_case(rng: np.random.Generator):
 
 @pytest.mark.parametrize("seed", range(300))
 def test_vectorised_reference_equals_literal_double_loop(seed):
+    # spec: OP-1 OUT-1 OUT-2 OUT-4 ATT-1 POOL-3
     cfg, weights, x, context, key_mask, training = random_case(np.random.default_rng(seed))
     z, a = nonlocal_forward(
         x,
@@ -135,6 +136,7 @@ X2 = np.array([[[1.0, 2.0]]])  # B = 1, C = 1, L = 2: x_0 = 1, x_1 = 2
 
 
 def test_two_positions_embedded_gaussian_by_hand():
+    # spec: INST-3
     cfg, w = two_position_block("embedded_gaussian", logit_scale=False)
     z, a = nonlocal_forward(X2, w, cfg, return_attention=True)
     # Row 0 logits (1, 2); row 1 logits (2, 4).
@@ -146,6 +148,7 @@ def test_two_positions_embedded_gaussian_by_hand():
 
 
 def test_two_positions_gaussian_default_scale_is_one_over_sqrt_c():
+    # spec: INST-1 INST-3
     cfg, w = two_position_block("gaussian")
     _, a = nonlocal_forward(X2, w, cfg, return_attention=True)
     # d = C = 1, so the default scale is 1: same as the unscaled case above.
@@ -153,6 +156,7 @@ def test_two_positions_gaussian_default_scale_is_one_over_sqrt_c():
 
 
 def test_two_positions_dot_product_divides_by_key_count():
+    # spec: INST-4
     cfg, w = two_position_block("dot_product")
     z, a = nonlocal_forward(X2, w, cfg, return_attention=True)
     np.testing.assert_allclose(a[0], [[0.5, 1.0], [1.0, 2.0]])
@@ -160,6 +164,7 @@ def test_two_positions_dot_product_divides_by_key_count():
 
 
 def test_two_positions_concatenation_theta_half_first():
+    # spec: INST-5
     cfg, w = two_position_block("concatenation")
     _, a = nonlocal_forward(X2, w, cfg, return_attention=True)
     # f_ij = ReLU(1 * x_i - 2 * x_j) / 2
@@ -171,6 +176,7 @@ def test_two_positions_concatenation_theta_half_first():
 
 
 def test_max_pool_drops_remainder_and_takes_window_max():
+    # spec: POOL-1
     grid = np.arange(7.0).reshape(1, 7, 1)
     np.testing.assert_array_equal(max_pool(grid, (3,))[0, :, 0], [2.0, 5.0])
     grid2 = np.arange(20.0).reshape(1, 4, 5, 1)
@@ -178,6 +184,7 @@ def test_max_pool_drops_remainder_and_takes_window_max():
 
 
 def test_softmax_subtracts_row_max_so_huge_logits_stay_finite():
+    # spec: INST-2
     cfg = NonLocalConfig(2, spatial_dims=1)
     a = normalise(np.array([[[1000.0, 1000.0, -1000.0]]]), cfg, None)
     np.testing.assert_allclose(a[0, 0], [0.5, 0.5, 0.0])
@@ -185,6 +192,7 @@ def test_softmax_subtracts_row_max_so_huge_logits_stay_finite():
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 def test_query_with_no_valid_key_gets_zero(instantiation):
+    # spec: MASK-2
     cfg = NonLocalConfig(2, spatial_dims=1, instantiation=instantiation, norm=None, residual=False)
     w = random_weights(cfg, seed=1)
     x = np.random.default_rng(0).normal(size=(2, 2, 3))
@@ -197,6 +205,7 @@ def test_query_with_no_valid_key_gets_zero(instantiation):
 
 @pytest.mark.parametrize("instantiation", ["dot_product", "concatenation"])
 def test_key_mask_divides_by_valid_key_count(instantiation):
+    # spec: MASK-1 INST-4
     cfg = NonLocalConfig(2, spatial_dims=1, instantiation=instantiation, norm=None)
     w = random_weights(cfg, seed=2)
     x = np.random.default_rng(1).normal(size=(1, 2, 4))
@@ -210,6 +219,7 @@ def test_key_mask_divides_by_valid_key_count(instantiation):
 @pytest.mark.parametrize("norm", ["batch", None])
 @pytest.mark.parametrize("training", [False, True])
 def test_new_block_is_the_identity(instantiation, norm, training):
+    # spec: INIT-1
     cfg = NonLocalConfig(6, spatial_dims=3, instantiation=instantiation, norm=norm, subsample=True)
     x = np.random.default_rng(3).normal(size=(2, 6, 2, 4, 4))
     z = nonlocal_forward(x, init_weights(cfg, seed=4), cfg, training=training)
@@ -217,6 +227,7 @@ def test_new_block_is_the_identity(instantiation, norm, training):
 
 
 def test_training_with_one_value_per_channel_is_defined():
+    # spec: OUT-5
     """B * N = 1: the batch variance is 0, the normalised value 0, so z = beta + x."""
     cfg = NonLocalConfig(2, spatial_dims=1)
     w = random_weights(cfg, seed=5)
@@ -226,6 +237,7 @@ def test_training_with_one_value_per_channel_is_defined():
 
 
 def test_integer_input_is_computed_in_float64():
+    # spec: IO-3
     cfg = NonLocalConfig(2, spatial_dims=1)
     w = random_weights(cfg, seed=6)
     xi = np.arange(6).reshape(1, 2, 3)
@@ -235,6 +247,7 @@ def test_integer_input_is_computed_in_float64():
 
 
 def test_nan_in_x_propagates_and_is_not_hidden():
+    # spec: IO-4
     cfg = NonLocalConfig(2, spatial_dims=1)
     x = np.random.default_rng(7).normal(size=(1, 2, 3))
     x[0, 0, 1] = np.nan
@@ -243,6 +256,7 @@ def test_nan_in_x_propagates_and_is_not_hidden():
 
 
 def test_context_equal_to_x_is_no_context():
+    # spec: OP-2
     cfg = NonLocalConfig(4, subsample=True, instantiation="concatenation")
     w = random_weights(cfg, seed=9)
     x = np.random.default_rng(10).normal(size=(2, 4, 4, 6))
@@ -252,6 +266,7 @@ def test_context_equal_to_x_is_no_context():
 
 
 def test_key_mask_flat_and_grid_forms_agree():
+    # spec: MASK-1
     cfg = NonLocalConfig(4, subsample=True)
     w = random_weights(cfg, seed=11)
     rng = np.random.default_rng(12)
@@ -261,3 +276,55 @@ def test_key_mask_flat_and_grid_forms_agree():
         nonlocal_forward(x, w, cfg, key_mask=mask),
         nonlocal_forward(x, w, cfg, key_mask=mask.reshape(2, 6)),
     )
+
+
+def test_batch_elements_are_independent_in_inference():
+    # spec: OP-3
+    cfg = NonLocalConfig(4, instantiation="concatenation", subsample=True)
+    w = random_weights(cfg, seed=13)
+    x = np.random.default_rng(14).normal(size=(3, 4, 4, 4))
+    stacked = nonlocal_forward(x, w, cfg)
+    for b in range(3):
+        np.testing.assert_allclose(stacked[b : b + 1], nonlocal_forward(x[b : b + 1], w, cfg))
+    # In training the batch statistics couple the elements.
+    assert not np.allclose(
+        nonlocal_forward(x, w, cfg, training=True)[:1],
+        nonlocal_forward(x[:1], w, cfg, training=True),
+    )
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+def test_layouts_give_the_same_values(instantiation):
+    # spec: IO-1
+    cf = NonLocalConfig(4, spatial_dims=3, instantiation=instantiation, subsample=True)
+    cl = cf.replace(data_format="channels_last")
+    w = random_weights(cf, seed=15)
+    x = np.random.default_rng(16).normal(size=(2, 4, 2, 4, 6))
+    z_cf = nonlocal_forward(x, w, cf)
+    z_cl = nonlocal_forward(np.moveaxis(x, 1, -1), w, cl)
+    np.testing.assert_allclose(np.moveaxis(z_cl, -1, 1), z_cf, rtol=1e-13, atol=1e-13)
+
+
+def test_pool_positions_differ_except_for_gaussian_phi():
+    # spec: POOL-3
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(1, 4, 4, 4))
+    after = NonLocalConfig(4, subsample=True, norm=None)
+    before = after.replace(pool_position="before_projection")
+    w = random_weights(after, seed=18)
+    assert not np.allclose(nonlocal_forward(x, w, after), nonlocal_forward(x, w, before))
+    g_after = NonLocalConfig(4, subsample=True, instantiation="gaussian", norm=None)
+    g_before = g_after.replace(pool_position="before_projection")
+    w = random_weights(g_after, seed=19)
+    _, a1 = nonlocal_forward(x, w, g_after, return_attention=True)
+    _, a2 = nonlocal_forward(x, w, g_before, return_attention=True)
+    np.testing.assert_array_equal(a1, a2)  # phi = pool(x) either way; only g differs
+
+
+def test_training_forward_does_not_touch_running_statistics():
+    # spec: OUT-3 (updating them is each framework's business, not the reference's)
+    cfg = NonLocalConfig(4)
+    w = random_weights(cfg, seed=20)
+    before = {k: v.copy() for k, v in w.items()}
+    nonlocal_forward(np.ones((2, 4, 3, 3)), w, cfg, training=True)
+    assert all(np.array_equal(before[k], w[k]) for k in w)

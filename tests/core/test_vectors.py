@@ -12,6 +12,7 @@ from nonlocal_core.vectors import CASES, DEFAULT_DIR, generate, load_case, main
 
 
 def test_committed_vectors_equal_a_fresh_generation():
+    # spec: VEC-1
     files = generate()
     committed = sorted(p.name for p in DEFAULT_DIR.glob("*.json"))
     assert committed == sorted(files), "spec/vectors has missing or stale files"
@@ -30,6 +31,7 @@ def test_check_mode_fails_on_any_difference(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", [c["name"] for c in CASES])
 def test_vector_replays_through_the_reference(case):
+    # spec: VEC-1
     data = load_case(DEFAULT_DIR / f"{case}.json")
     z, a = nonlocal_forward(
         data["inputs"]["x"],

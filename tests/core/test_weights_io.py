@@ -51,6 +51,7 @@ def test_weight_shapes_per_instantiation():
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 @pytest.mark.parametrize("norm", ["batch", None])
 def test_init_follows_the_spec(instantiation, norm):
+    # spec: INIT-1
     cfg = NonLocalConfig(64, instantiation=instantiation, norm=norm)
     w = init_weights(cfg, seed=0)
     for name, value in w.items():
@@ -73,6 +74,7 @@ def test_init_is_seeded():
 
 
 def test_check_weights_names_missing_extra_and_misshaped():
+    # spec: W-1
     cfg = NonLocalConfig(4, instantiation="dot_product")
     w = init_weights(cfg)
     check_weights(w, cfg)
@@ -87,6 +89,7 @@ def test_check_weights_names_missing_extra_and_misshaped():
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
+    # spec: W-2
     cfg = NonLocalConfig(6, spatial_dims=3, subsample=True, instantiation="concatenation")
     w = random_weights(cfg, seed=1)
     path = tmp_path / "block.npz"
