@@ -1,1 +1,21 @@
-"""nonlocal_torch: the PyTorch backend (arrives with issue 5)."""
+"""nonlocal_torch: the non-local block (Wang et al., CVPR 2018) as a native PyTorch module.
+
+Example:
+    >>> import torch
+    >>> from nonlocal_torch import NonLocal2d
+    >>> block = NonLocal2d(64, subsample=True)
+    >>> block(torch.randn(2, 64, 16, 16)).shape
+    torch.Size([2, 64, 16, 16])
+"""
+
+from .block import NonLocal1d, NonLocal2d, NonLocal3d, NonLocalBlock
+from .functional import attention_matrix, nonlocal_attention
+
+__all__ = [
+    "NonLocal1d",
+    "NonLocal2d",
+    "NonLocal3d",
+    "NonLocalBlock",
+    "attention_matrix",
+    "nonlocal_attention",
+]

@@ -1,0 +1,381 @@
+"""`NonLocalBlock`: the non-local block as a native PyTorch module.
+
+Built from standard parts - 1x1 ``nn.Conv{1,2,3}d`` for theta, phi, g and W_z, an
+``nn.Linear`` for the concatenation weight w_f, ``nn.BatchNorm{1,2,3}d`` for the norm - so
+``state_dict``, ``nn.SyncBatchNorm.convert_sync_batchnorm``, ``torch.compile``,
+``torch.export``, autocast, channels_last memory formats and DDP work as for any module.
+Semantics are those of `nonlocal_core.reference.nonlocal_forward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nonlocal_core import InputError, NonLocalConfig, check_shapes, check_weights
+
+from .functional import nonlocal_attention
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+# Canonical norm names -> nn.BatchNorm attribute names.
+_NORM_NAMES = {
+    "gamma": "weight",
+    "beta": "bias",
+    "running_mean": "running_mean",
+    "running_var": "running_var",
+}
+
+
+class NonLocalBlock(nn.Module):
+    """The non-local block z = BN(W_z y) + x with y_i = sum_j f(x_i, x^_j) g(x^_j) / C(x).
+
+    Takes every `NonLocalConfig` field as a keyword (``in_channels`` positional) plus
+    ``norm_momentum`` (BN running-stat momentum, framework-native), ``device`` and ``dtype``.
+    Inputs are ``(B, C, *S)`` (``data_format="channels_first"``, the default) or
+    ``(B, *S, C)``; tensors in ``torch.channels_last`` memory format are welcome and keep it.
+    A new block is the identity (spec initialisation, drawn from torch's RNG).
+
+    Example:
+        >>> block = NonLocalBlock(16, spatial_dims=2, subsample=True)
+        >>> x = torch.randn(2, 16, 8, 8)
+        >>> torch.equal(block(x), x)  # BN gamma = beta = 0 at initialisation
+        True
+        >>> block.eval()(x, return_attention=True)[1].shape  # (B, N, N'), keys pooled 2x2
+        torch.Size([2, 64, 16])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        spatial_dims: int = 2,
+        instantiation: str = "embedded_gaussian",
+        inter_channels: int | None = None,
+        context_channels: int | None = None,
+        logit_scale: Any = None,
+        subsample: Any = False,
+        pool_position: str = "after_projection",
+        norm: str | None = "batch",
+        norm_eps: float = 1e-5,
+        residual: bool = True,
+        data_format: str = "channels_first",
+        norm_momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = NonLocalConfig(
+            in_channels=in_channels,
+            spatial_dims=spatial_dims,
+            instantiation=instantiation,
+            inter_channels=inter_channels,
+            context_channels=context_channels,
+            logit_scale=logit_scale,
+            subsample=subsample,
+            pool_position=pool_position,
+            norm=norm,
+            norm_eps=norm_eps,
+            residual=residual,
+            data_format=data_format,
+        )
+        cfg = self.config
+        factory = {"device": device, "dtype": dtype}
+        conv = _CONV[cfg.spatial_dims]
+        c, ci, cc = cfg.in_channels, cfg.inter_channels, cfg.context_channels
+        # Gaussian dots raw features: no theta/phi modules at all (as in the canonical layout).
+        self.theta = None if cfg.instantiation == "gaussian" else conv(c, ci, 1, **factory)
+        self.phi = None if cfg.instantiation == "gaussian" else conv(cc, ci, 1, **factory)
+        self.g = conv(cc, ci, 1, **factory)
+        self.concat = (
+            nn.Linear(2 * ci, 1, bias=False, **factory)
+            if cfg.instantiation == "concatenation"
+            else None
+        )
+        self.out = conv(ci, c, 1, **factory)
+        self.norm = (
+            _NORM[cfg.spatial_dims](c, eps=cfg.norm_eps, momentum=norm_momentum, **factory)
+            if cfg.norm == "batch"
+            else None
+        )
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: NonLocalConfig, **kwargs: Any) -> NonLocalBlock:
+        """A block for `config`; `kwargs` are the torch extras (norm_momentum, device, dtype).
+
+        Example:
+            >>> cfg = NonLocalConfig(8, spatial_dims=3, instantiation="dot_product")
+            >>> NonLocalBlock.from_config(cfg).config == cfg
+            True
+        """
+        if not isinstance(config, NonLocalConfig):
+            raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+        fields = config.to_dict()
+        # Always the general class: NonLocal2d etc. fix spatial_dims themselves.
+        return NonLocalBlock(fields.pop("in_channels"), **fields, **kwargs)
+
+    def reset_parameters(self) -> None:
+        """The spec's initialisation: N(0, 0.01^2) projections and w_f, zero biases,
+        BN gamma = beta = 0 (W_z = 0 instead without a norm), so the block is the identity.
+
+        Example:
+            >>> block = NonLocalBlock(4, norm=None)
+            >>> block.reset_parameters(); float(block.out.weight.abs().sum())
+            0.0
+        """
+        with torch.no_grad():
+            for proj in (self.theta, self.phi, self.g, self.out):
+                if proj is not None:
+                    nn.init.normal_(proj.weight, 0.0, 0.01)
+                    nn.init.zeros_(proj.bias)
+            if self.concat is not None:
+                nn.init.normal_(self.concat.weight, 0.0, 0.01)
+            if self.norm is None:
+                nn.init.zeros_(self.out.weight)
+            else:
+                self.norm.reset_running_stats()
+                nn.init.zeros_(self.norm.weight)
+                nn.init.zeros_(self.norm.bias)
+
+    # Canonical weights ----------------------------------------------------------------------
+
+    def _canonical_slots(self) -> dict[str, Tensor]:
+        """Canonical name -> the live parameter or buffer holding it (shapes differ)."""
+        slots: dict[str, Tensor] = {}
+        for name in ("theta", "phi", "g"):
+            module = getattr(self, name)
+            if module is not None:
+                slots[f"{name}.weight"], slots[f"{name}.bias"] = module.weight, module.bias
+        if self.concat is not None:
+            slots["concat.weight"] = self.concat.weight
+        slots["out.weight"], slots["out.bias"] = self.out.weight, self.out.bias
+        if self.norm is not None:
+            for canonical, attr in _NORM_NAMES.items():
+                slots[f"norm.{canonical}"] = getattr(self.norm, attr)
+        return slots
+
+    def canonical_weights(self) -> dict[str, Tensor]:
+        """The weights in the spec's canonical layout (detached views, the block's dtype).
+
+        Example:
+            >>> w = NonLocalBlock(8, spatial_dims=3).canonical_weights()
+            >>> tuple(w["theta.weight"].shape), tuple(w["norm.gamma"].shape)
+            ((4, 8), (8,))
+        """
+        out = {}
+        for name, tensor in self._canonical_slots().items():
+            tensor = tensor.detach()
+            if tensor.dim() > 2 or name == "concat.weight":
+                # (out, in, 1, ...) conv kernels and the (1, 2C') linear map to (out, in) / (2C',).
+                tensor = tensor.reshape(tensor.shape[0], -1) if tensor.dim() > 2 else tensor[0]
+            out[name] = tensor
+        return out
+
+    def load_canonical_weights(self, weights: Mapping[str, Any]) -> None:
+        """Copy canonical weights (NumPy arrays or tensors, any float dtype) into the block.
+
+        Raises `nonlocal_core.WeightError` (a ValueError) for missing, extra or mis-shaped
+        tensors, with the same message as the reference.
+
+        Example:
+            >>> from nonlocal_core import NonLocalConfig, random_weights
+            >>> block = NonLocalBlock(4, instantiation="concatenation")
+            >>> block.load_canonical_weights(random_weights(block.config, seed=1))
+            >>> float(block.concat.weight.detach()[0, 0]) != 0.0
+            True
+        """
+        tensors = {name: _as_tensor(value) for name, value in weights.items()}
+        check_weights(
+            {name: t.to("cpu", torch.float64).numpy() for name, t in tensors.items()},
+            self.config,
+        )
+        slots = self._canonical_slots()
+        with torch.no_grad():
+            for name, slot in slots.items():
+                slot.copy_(tensors[name].reshape(slot.shape))
+
+    # Forward ----------------------------------------------------------------------------------
+
+    def _check_tensor(self, name: str, t: Any, reference: Tensor) -> None:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != reference.device:
+            raise InputError(
+                f"{name} is on device {t.device}, but the block's parameters are on "
+                f"{reference.device}: move one of them (.to(device))"
+            )
+        if name == "key_mask":
+            if t.dtype != torch.bool:
+                raise InputError(
+                    f"key_mask has dtype {t.dtype}: expected torch.bool (True = valid key)"
+                )
+            return
+        if not t.is_floating_point():
+            raise InputError(f"{name} has dtype {t.dtype}: expected a floating-point tensor")
+        autocast = torch.is_autocast_enabled(t.device.type)
+        if t.dtype != reference.dtype and not autocast:
+            raise InputError(
+                f"{name} has dtype {t.dtype}, but the block's parameters are {reference.dtype}: "
+                "convert one of them (.to(dtype)), or run under torch.autocast"
+            )
+
+    def _pool(self, t: Tensor) -> Tensor:
+        window = self.config.subsample
+        if window is None:
+            return t
+        return _POOL[self.config.spatial_dims](t, kernel_size=window, stride=window)
+
+    def _keys_and_values(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """phi (pooled keys) and g (pooled values), channels-first grids."""
+        if self.config.pool_position == "before_projection":
+            pooled = self._pool(ctx)
+            phi = pooled if self.phi is None else self.phi(pooled)
+            return phi, self.g(pooled)
+        phi = self._pool(ctx) if self.phi is None else self._pool(self.phi(ctx))
+        return phi, self._pool(self.g(ctx))
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """z, the block's output, shaped like x (and a_ij, (B, N, N'), if `return_attention`).
+
+        Args:
+            x: ``(B, C, *S)`` or ``(B, *S, C)`` per ``data_format``.
+            context: x^, the features keys and values are read from; defaults to x.
+            key_mask: bool, ``(B, *S')`` or ``(B, N')`` over the pooled key grid, True = valid.
+            return_attention: also return the attention matrix (materialises B x N x N').
+
+        Example:
+            >>> block = NonLocalBlock(4, spatial_dims=1, instantiation="dot_product")
+            >>> block(torch.randn(2, 4, 7), key_mask=torch.ones(2, 7, dtype=torch.bool)).shape
+            torch.Size([2, 4, 7])
+        """
+        cfg = self.config
+        ref = self.g.weight
+        self._check_tensor("x", x, ref)
+        if context is not None:
+            self._check_tensor("context", context, ref)
+        if key_mask is not None:
+            self._check_tensor("key_mask", key_mask, ref)
+        shapes = check_shapes(
+            cfg,
+            tuple(x.shape),
+            None if context is None else tuple(context.shape),
+            None if key_mask is None else tuple(key_mask.shape),
+        )
+        channels_last = cfg.data_format == "channels_last"
+        # (B, *S, C) -> (B, C, *S) is a view with channels_last strides: convs take it as is.
+        x_cf = x.movedim(-1, 1) if channels_last else x
+        ctx_cf = x_cf if context is None else (context.movedim(-1, 1) if channels_last else context)
+
+        theta = x_cf if self.theta is None else self.theta(x_cf)
+        phi, g = self._keys_and_values(ctx_cf)
+        mask = None if key_mask is None else key_mask.reshape(key_mask.shape[0], -1)
+        y, attention = nonlocal_attention(
+            _positions(theta),
+            _positions(phi),
+            _positions(g),
+            cfg,
+            concat_weight=None if self.concat is None else self.concat.weight[0],
+            mask=mask,
+            return_attention=return_attention,
+        )
+        # (B, N, C') -> (B, *S, C') -> (B, C', *S): a channels_last-strided view, no copy.
+        y = y.reshape(y.shape[0], *shapes.spatial, y.shape[-1]).movedim(-1, 1)
+        u = self.out(y)
+        if self.norm is not None:
+            u = self.norm(u)
+        z = u + x_cf if cfg.residual else u
+        z = z.movedim(1, -1).contiguous() if channels_last else _like(z, x)
+        return (z, attention) if return_attention else z
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        parts = [
+            f"{cfg.in_channels}",
+            f"spatial_dims={cfg.spatial_dims}",
+            f"instantiation={cfg.instantiation!r}",
+            f"inter_channels={cfg.inter_channels}",
+        ]
+        if cfg.context_channels != cfg.in_channels:
+            parts.append(f"context_channels={cfg.context_channels}")
+        if cfg.is_softmax:
+            default = " (1/sqrt(d))" if cfg.logit_scale is None else ""
+            parts.append(f"scale={cfg.scale:.4g}{default}")
+        if cfg.subsample is not None:
+            parts += [f"subsample={cfg.subsample}", f"pool_position={cfg.pool_position!r}"]
+        parts.append(f"norm={cfg.norm!r}")
+        if not cfg.residual:
+            parts.append("residual=False")
+        if cfg.data_format != "channels_first":
+            parts.append(f"data_format={cfg.data_format!r}")
+        return ", ".join(parts)
+
+
+def _as_tensor(value: Any) -> Tensor:
+    return value.detach() if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+
+
+def _positions(grid: Tensor) -> Tensor:
+    """(B, C, *S) -> contiguous (B, N, C), positions row-major over S."""
+    return grid.flatten(2).transpose(1, 2).contiguous()
+
+
+def _like(z: Tensor, x: Tensor) -> Tensor:
+    """z in x's memory format (channels_last stays channels_last, contiguous stays so)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        fmt = torch.channels_last
+    elif x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        fmt = torch.channels_last_3d
+    else:
+        fmt = torch.contiguous_format
+    if x.is_contiguous():  # ambiguous strides (e.g. C == 1 or S all 1): prefer the default
+        fmt = torch.contiguous_format
+    return z.contiguous(memory_format=fmt)
+
+
+class NonLocal1d(NonLocalBlock):
+    """`NonLocalBlock` over sequences: x is (B, C, L).
+
+    Example:
+        >>> NonLocal1d(8, instantiation="concatenation")(torch.randn(2, 8, 5)).shape
+        torch.Size([2, 8, 5])
+    """
+
+    def __init__(self, in_channels: int, **kwargs: Any) -> None:
+        super().__init__(in_channels, spatial_dims=1, **kwargs)
+
+
+class NonLocal2d(NonLocalBlock):
+    """`NonLocalBlock` over images: x is (B, C, H, W).
+
+    Example:
+        >>> NonLocal2d(8, subsample=True)(torch.randn(2, 8, 6, 6)).shape
+        torch.Size([2, 8, 6, 6])
+    """
+
+    def __init__(self, in_channels: int, **kwargs: Any) -> None:
+        super().__init__(in_channels, spatial_dims=2, **kwargs)
+
+
+class NonLocal3d(NonLocalBlock):
+    """`NonLocalBlock` over videos: x is (B, C, T, H, W); ``subsample=True`` pools (1, 2, 2).
+
+    Example:
+        >>> NonLocal3d(8, subsample=True)(torch.randn(1, 8, 2, 4, 4)).shape
+        torch.Size([1, 8, 2, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, **kwargs: Any) -> None:
+        super().__init__(in_channels, spatial_dims=3, **kwargs)

@@ -1,0 +1,189 @@
+"""The pairwise part of the non-local block on (B, N, channels) tensors, without N x N' memory.
+
+Every function here takes theta (B, N, d), phi (B, N', d) and g (B, N', C') - positions
+flattened row-major, channels last, contiguous - and returns y (B, N, C') with
+
+    y_i = sum_j a_ij g_j,   a_ij = f(theta_i, phi_j) / C_i      (spec section "The operator")
+
+The common path never builds a B x 2C' x N x N' tensor: the softmax instantiations go
+through `scaled_dot_product_attention`, the dot product uses associativity
+``theta (phi^T g) / N'``, and concatenation broadcasts two scalars per position into one
+(B, N, N') matrix. `attention_matrix` materialises a_ij when the caller asks for it.
+
+A key mask is (B, N') boolean, True = valid. A query with no valid key gets y_i = 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nonlocal_core import NonLocalConfig
+
+
+def _mask_parts(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """(safe mask, batch has a valid key): rows with no valid key are made all-valid.
+
+    Masks are per batch item, so "a query with no valid key" means "an item whose whole mask
+    is False". Kernels differ on such rows (NaN, or 0 with NaN gradients), so we give them a
+    harmless all-True mask and zero their output afterwards, which also zeroes their
+    gradients exactly.
+    """
+    if mask is None:
+        return None, None
+    has_key = mask.any(dim=-1)  # (B,)
+    return mask | ~has_key[:, None], has_key
+
+
+def _zero_empty(y: Tensor, has_key: Tensor | None) -> Tensor:
+    if has_key is None:
+        return y
+    return y * has_key[:, None, None].to(y.dtype)
+
+
+def _key_count(mask: Tensor | None, num_keys: int, like: Tensor) -> Tensor | float:
+    """C(x) of the non-softmax instantiations: the number of valid keys, per batch item."""
+    if mask is None:
+        return float(num_keys)
+    # clamp: items with no valid key have all-zero f, so any positive divisor gives y = 0.
+    return mask.sum(dim=-1).clamp(min=1).to(like.dtype)[:, None, None]
+
+
+def _common_dtype(*tensors: Tensor) -> list[Tensor]:
+    # Under autocast theta may be float32 (Gaussian: the raw input) while g is bfloat16;
+    # autocast would cast them to the lower precision anyway, so do it explicitly.
+    dtype = tensors[-1].dtype
+    return [t.to(dtype) for t in tensors]
+
+
+def softmax_attention(
+    theta: Tensor, phi: Tensor, g: Tensor, scale: float, mask: Tensor | None = None
+) -> Tensor:
+    """Embedded Gaussian / Gaussian: ``y = softmax(scale * theta phi^T) g`` through SDPA.
+
+    q, k, v are passed as contiguous (B, 1, N, d) tensors so that fused kernels (flash,
+    memory-efficient, cuDNN) can run; they never materialise the N x N' logits.
+
+    Example:
+        >>> t = torch.zeros(1, 3, 2); v = torch.arange(8.0).reshape(1, 4, 2)
+        >>> softmax_attention(t, torch.zeros(1, 4, 2), v, scale=0.5)[0, 0]
+        tensor([3., 4.])
+    """
+    theta, phi, g = _common_dtype(theta, phi, g)
+    safe, has_key = _mask_parts(mask)
+    attn_mask = None if safe is None else safe[:, None, None, :]  # (B, 1, 1, N')
+    y = F.scaled_dot_product_attention(
+        theta.unsqueeze(1).contiguous(),
+        phi.unsqueeze(1).contiguous(),
+        g.unsqueeze(1).contiguous(),
+        attn_mask=attn_mask,
+        scale=scale,
+    ).squeeze(1)
+    return _zero_empty(y, has_key)
+
+
+def dot_product_attention(theta: Tensor, phi: Tensor, g: Tensor, mask: Tensor | None = None):
+    """Dot product: ``y = theta (phi^T g) / N'``, exact by associativity, O(N d C') work.
+
+    Example:
+        >>> t = torch.ones(1, 2, 1); p = torch.ones(1, 3, 1); v = torch.arange(3.0).reshape(1, 3, 1)
+        >>> dot_product_attention(t, p, v)[0, :, 0]
+        tensor([1., 1.])
+    """
+    theta, phi, g = _common_dtype(theta, phi, g)
+    if mask is not None:
+        phi = phi * mask[:, :, None].to(phi.dtype)  # invalid keys contribute nothing
+    # Divide the (d, C') summary, not y: it keeps float16 sums of N' terms in range.
+    kv = (phi.transpose(1, 2) @ g) / _key_count(mask, phi.shape[1], g)
+    return theta @ kv
+
+
+def _concat_halves(theta: Tensor, phi: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """a_i = w_theta . theta_i (B, N) and b_j = w_phi . phi_j (B, N'); theta half first."""
+    half = weight.shape[0] // 2
+    weight = weight.to(theta.dtype)
+    return theta @ weight[:half], phi @ weight[half:]
+
+
+def concatenation_attention(
+    theta: Tensor, phi: Tensor, g: Tensor, weight: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Concatenation: ``y_i = sum_j ReLU(a_i + b_j) g_j / N'`` with one (B, N, N') matrix.
+
+    ``w_f . [theta_i ; phi_j]`` splits into two scalars, so the B x 2C' x N x N'
+    concatenated tensor of other implementations is never built.
+
+    Example:
+        >>> t = torch.ones(1, 2, 1); p = torch.ones(1, 3, 1); v = torch.ones(1, 3, 1)
+        >>> concatenation_attention(t, p, v, torch.tensor([1.0, -0.5]))[0, :, 0]
+        tensor([0.5000, 0.5000])
+    """
+    theta, phi, g = _common_dtype(theta, phi, g)
+    a, b = _concat_halves(theta, phi, weight)
+    f = torch.relu(a[:, :, None] + b[:, None, :])
+    if mask is not None:
+        f = f * mask[:, None, :].to(f.dtype)
+    return f @ (g / _key_count(mask, phi.shape[1], g))
+
+
+def attention_matrix(
+    theta: Tensor,
+    phi: Tensor,
+    config: NonLocalConfig,
+    concat_weight: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """The (B, N, N') matrix a_ij = f(theta_i, phi_j) / C_i, materialised (for inspection).
+
+    Example:
+        >>> cfg = NonLocalConfig(2, spatial_dims=1, instantiation="dot_product")
+        >>> attention_matrix(torch.ones(1, 1, 1), torch.ones(1, 4, 1), cfg)
+        tensor([[[0.2500, 0.2500, 0.2500, 0.2500]]])
+    """
+    theta, phi = _common_dtype(theta, phi)
+    if config.instantiation == "concatenation":
+        a, b = _concat_halves(theta, phi, concat_weight)
+        f = torch.relu(a[:, :, None] + b[:, None, :])
+    else:
+        f = theta @ phi.transpose(1, 2)
+    safe, has_key = _mask_parts(mask)
+    if config.is_softmax:
+        logits = config.scale * f
+        if safe is not None:
+            logits = logits.masked_fill(~safe[:, None, :], float("-inf"))
+        attention = torch.softmax(logits, dim=-1)
+    else:
+        if mask is not None:
+            f = f * mask[:, None, :].to(f.dtype)
+        attention = f / _key_count(mask, phi.shape[1], f)
+    return _zero_empty(attention, has_key)
+
+
+def nonlocal_attention(
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    config: NonLocalConfig,
+    *,
+    concat_weight: Tensor | None = None,
+    mask: Tensor | None = None,
+    return_attention: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """y (B, N, C') for `config`'s instantiation, and a_ij when `return_attention`.
+
+    Example:
+        >>> cfg = NonLocalConfig(4, spatial_dims=1)
+        >>> y, a = nonlocal_attention(torch.ones(2, 5, 2), torch.ones(2, 3, 2),
+        ...                           torch.ones(2, 3, 2), cfg)
+        >>> y.shape, a
+        (torch.Size([2, 5, 2]), None)
+    """
+    if return_attention:
+        attention = attention_matrix(theta, phi, config, concat_weight, mask)
+        return attention @ g.to(attention.dtype), attention
+    if config.is_softmax:
+        return softmax_attention(theta, phi, g, config.scale, mask), None
+    if config.instantiation == "dot_product":
+        return dot_product_attention(theta, phi, g, mask), None
+    return concatenation_attention(theta, phi, g, concat_weight, mask), None

@@ -1,0 +1,1 @@
+"""Tests of the PyTorch backend, nonlocal_torch."""
