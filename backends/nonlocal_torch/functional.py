@@ -73,6 +73,14 @@ def softmax_attention(
     theta, phi, g = _common_dtype(theta, phi, g)
     safe, has_key = _mask_parts(mask)
     attn_mask = None if safe is None else safe[:, None, None, :]  # (B, 1, 1, N')
+    d, width = theta.shape[-1], g.shape[-1]
+    # Fused kernels (CPU and CUDA flash) want one head dim for q, k and v, else SDPA falls
+    # back to the N x N' math kernel. Gaussian has d = C != C': zero-pad the narrower side,
+    # which leaves every dot product and every value unchanged, and slice the padding off.
+    if width < d:
+        g = F.pad(g, (0, d - width))
+    elif d < width:
+        theta, phi = F.pad(theta, (0, width - d)), F.pad(phi, (0, width - d))
     y = F.scaled_dot_product_attention(
         theta.unsqueeze(1).contiguous(),
         phi.unsqueeze(1).contiguous(),
@@ -80,7 +88,7 @@ def softmax_attention(
         attn_mask=attn_mask,
         scale=scale,
     ).squeeze(1)
-    return _zero_empty(y, has_key)
+    return _zero_empty(y[..., :width], has_key)
 
 
 def dot_product_attention(theta: Tensor, phi: Tensor, g: Tensor, mask: Tensor | None = None):
