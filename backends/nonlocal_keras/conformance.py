@@ -1,0 +1,226 @@
+"""`KerasAdapter`: drives `nonlocal_keras.NonLocalBlock` for the conformance suite.
+
+Uses whichever Keras backend this process imported (``KERAS_BACKEND``: the suite's
+``keras-tensorflow`` / ``keras-jax`` / ``keras-torch`` set it before importing Keras). The
+layer itself is backend-agnostic; only `gradients` needs each backend's own autodiff
+(`tf.GradientTape`, `jax.grad` over `Layer.stateless_call`, `torch.autograd.grad`).
+
+On JAX, float64 needs ``jax_enable_x64``; the adapter turns it on when it is created so the
+float64 tier runs in float64 rather than silently in float32.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from nonlocal_core import NonLocalConfig
+
+from .layer import _CANONICAL, NonLocalBlock, to_numpy
+
+try:  # the suite may be absent where only the layer is installed
+    from nonlocal_conformance.adapter import Capabilities, Output
+except ImportError:  # pragma: no cover - exercised only without the suite
+    Capabilities = Output = None  # type: ignore[assignment,misc]
+
+_BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+_RUNNING_STATS = ("norm.running_mean", "norm.running_var")
+
+
+def _gpu_available(backend: str) -> bool:
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+class KerasAdapter:
+    """The conformance adapter for the current Keras backend.
+
+    Example:
+        >>> adapter = KerasAdapter()
+        >>> adapter.name.startswith("keras-"), "float64" in adapter.capabilities.dtypes
+        (True, True)
+    """
+
+    def __init__(self) -> None:
+        self.backend = keras.backend.backend()
+        if self.backend not in _BACKEND_MODULE:
+            raise RuntimeError(
+                f"KERAS_BACKEND={self.backend!r}: nonlocal_keras supports tensorflow, jax, torch"
+            )
+        if self.backend == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        self.name = f"keras-{self.backend}"
+        devices = {"cpu", "cuda"} if _gpu_available(self.backend) else {"cpu"}
+        self.capabilities = Capabilities(
+            dtypes=frozenset({"float64", "float32", "bfloat16", "float16"}),
+            devices=frozenset(devices),
+            gradients=True,
+        )
+
+    def versions(self) -> dict[str, str]:
+        """Keras and its backend's versions, e.g. ``{"keras": "3.15.1", "jax": "0.10.2"}``."""
+        module = importlib.import_module(_BACKEND_MODULE[self.backend])
+        return {"keras": keras.__version__, self.backend: module.__version__}
+
+    def _device(self, device: str):
+        return keras.device("gpu:0" if device == "cuda" else "cpu:0")
+
+    def build(
+        self, config: NonLocalConfig, weights: Mapping[str, np.ndarray], *, dtype: str, device: str
+    ) -> Any:
+        """A `NonLocalBlock` with dtype policy `dtype` holding exactly `weights`."""
+        with self._device(device):
+            block = NonLocalBlock(**config.to_dict(), dtype=dtype)
+            block.load_canonical_weights(weights)
+        block._conformance_device = device
+        return block
+
+    def _tensor(self, block, value):
+        if value is None:
+            return None
+        with self._device(block._conformance_device):
+            value = np.asarray(value)
+            if value.dtype == np.bool_:
+                return ops.convert_to_tensor(value)
+            if not np.issubdtype(value.dtype, np.floating):
+                return ops.convert_to_tensor(value)  # the layer reports the bad dtype
+            return ops.convert_to_tensor(value, dtype=block.compute_dtype)
+
+    def forward(
+        self,
+        block: Any,
+        x: np.ndarray,
+        *,
+        context: np.ndarray | None = None,
+        key_mask: np.ndarray | None = None,
+        training: bool = False,
+        return_attention: bool = False,
+    ):
+        """Run the layer eagerly; z (and a_ij) back as float64 NumPy."""
+        with self._device(block._conformance_device):
+            out = block(
+                self._tensor(block, x),
+                context=self._tensor(block, context),
+                key_mask=self._tensor(block, key_mask),
+                training=training,
+                return_attention=return_attention,
+            )
+        z, attention = out if return_attention else (out, None)
+        return Output(
+            z=_numpy(z),
+            dtype=keras.backend.standardize_dtype(z.dtype),
+            attention=None if attention is None else _numpy(attention),
+        )
+
+    def export_weights(self, block: Any) -> dict[str, np.ndarray]:
+        """The layer's weights in the canonical layout, as float64."""
+        return {k: np.asarray(v, dtype=np.float64) for k, v in block.canonical_weights().items()}
+
+    def gradients(
+        self,
+        block: Any,
+        x: np.ndarray,
+        cotangent: np.ndarray,
+        *,
+        context: np.ndarray | None = None,
+        key_mask: np.ndarray | None = None,
+        training: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Gradients of sum(z * cotangent) w.r.t. x, context and every trainable weight."""
+        tensors = {
+            "x": self._tensor(block, x),
+            "context": self._tensor(block, context),
+            "cotangent": self._tensor(block, cotangent),
+            "key_mask": self._tensor(block, key_mask),
+        }
+        names = [n for n in _CANONICAL if n not in _RUNNING_STATS and hasattr(block, _attr(n))]
+        with self._device(block._conformance_device):
+            grads = getattr(self, f"_grads_{self.backend}")(block, tensors, names, training)
+        out = {}
+        for name, value in grads.items():
+            value = _numpy(value)
+            transpose = name in _CANONICAL and _CANONICAL[name][1]
+            out[name] = value.T if transpose else value
+        return out
+
+    # One autodiff per backend: the layer is shared, differentiation is not. -------------
+
+    @staticmethod
+    def _loss(block, x, context, t, training):
+        z = block(x, context=context, key_mask=t["key_mask"], training=training)
+        return ops.sum(z * t["cotangent"])
+
+    def _grads_tensorflow(self, block, t, names, training):
+        import tensorflow as tf
+
+        inputs = {k: t[k] for k in ("x", "context") if t[k] is not None}
+        variables = [getattr(block, _attr(n)) for n in names]
+        with tf.GradientTape() as tape:
+            tape.watch(list(inputs.values()))
+            loss = self._loss(block, t["x"], t["context"], t, training)
+        grads = tape.gradient(loss, [*inputs.values(), *variables])
+        return dict(zip([*inputs, *names], grads))
+
+    def _grads_torch(self, block, t, names, training):
+        import torch
+
+        inputs = {
+            k: t[k].detach().clone().requires_grad_(True)
+            for k in ("x", "context")
+            if t[k] is not None
+        }
+        variables = [getattr(block, _attr(n)).value for n in names]
+        loss = self._loss(block, inputs["x"], inputs.get("context"), t, training)
+        grads = torch.autograd.grad(loss, [*inputs.values(), *variables], allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if gr is None else gr
+            for p, gr in zip([*inputs.values(), *variables], grads)
+        ]
+        return dict(zip([*inputs, *names], grads))
+
+    def _grads_jax(self, block, t, names, training):
+        import jax
+
+        trainable = block.trainable_variables
+        non_trainable = [v.value for v in block.non_trainable_variables]
+        index = {id(v): i for i, v in enumerate(trainable)}
+        positions = [index[id(getattr(block, _attr(n)))] for n in names]
+
+        def loss(inputs, values):
+            z, _ = block.stateless_call(
+                values,
+                non_trainable,
+                inputs["x"],
+                context=inputs.get("context"),
+                key_mask=t["key_mask"],
+                training=training,
+            )
+            return (z * t["cotangent"]).sum()
+
+        inputs = {k: t[k] for k in ("x", "context") if t[k] is not None}
+        d_inputs, d_values = jax.grad(loss, argnums=(0, 1))(inputs, [v.value for v in trainable])
+        return {**d_inputs, **{n: d_values[p] for n, p in zip(names, positions)}}
+
+
+def _attr(canonical_name: str) -> str:
+    return _CANONICAL[canonical_name][0]
+
+
+def _numpy(tensor) -> np.ndarray:
+    return np.asarray(to_numpy(tensor), dtype=np.float64)

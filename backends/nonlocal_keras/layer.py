@@ -1,0 +1,410 @@
+"""`NonLocalBlock`: the non-local block as a Keras 3 layer (TensorFlow, JAX or PyTorch).
+
+Weights are created in `build()` and `call()` uses `keras.ops` only (through
+`nonlocal_keras.functional`), so the same layer runs on every Keras backend, inside
+Functional and Sequential models, under `jit_compile`, and survives `model.save` /
+`keras.models.load_model`. Semantics are those of `nonlocal_core.reference.nonlocal_forward`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from nonlocal_core import InputError, NonLocalConfig, check_shapes, check_weights
+
+from . import functional as F
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(NonLocalConfig))
+
+# Canonical name -> (layer attribute, whether the canonical tensor is the transposed kernel).
+# Keras kernels are (in, out); the canonical 1x1 projections are (out, in).
+_CANONICAL = {
+    "theta.weight": ("theta_kernel", True),
+    "theta.bias": ("theta_bias", False),
+    "phi.weight": ("phi_kernel", True),
+    "phi.bias": ("phi_bias", False),
+    "g.weight": ("g_kernel", True),
+    "g.bias": ("g_bias", False),
+    "concat.weight": ("concat_kernel", False),
+    "out.weight": ("out_kernel", True),
+    "out.bias": ("out_bias", False),
+    "norm.gamma": ("gamma", False),
+    "norm.beta": ("beta", False),
+    "norm.running_mean": ("moving_mean", False),
+    "norm.running_var": ("moving_variance", False),
+}
+
+
+@keras.saving.register_keras_serializable(package="nonlocal_keras")
+class NonLocalBlock(keras.layers.Layer):
+    """The non-local block z = BN(W_z y) + x with y_i = sum_j f(x_i, x^_j) g(x^_j) / C(x).
+
+    Takes every `NonLocalConfig` field as a keyword. Unlike the config, ``in_channels`` and
+    ``spatial_dims`` may be left out (read from the input shape in `build`) and
+    ``data_format`` defaults to Keras's ``keras.config.image_data_format()``
+    (``"channels_last"`` unless configured). Keras extras: ``norm_momentum`` (weight of the
+    old running statistic, Keras convention: 0.9 = PyTorch's momentum 0.1; the running
+    variance is updated with the unbiased batch variance, as PyTorch does),
+    ``use_fused_attention`` (allow `keras.ops.dot_product_attention` where it is exact),
+    and the usual layer kwargs (``name``, ``dtype`` policy, ...).
+
+    `call(x, context=None, key_mask=None, training=None, return_attention=False)`: x^ is
+    `context` (default x); `key_mask` is boolean over the key grid after subsampling,
+    ``(B, *S')`` or ``(B, N')``, True = valid; `training` makes BN use batch statistics and
+    update its running ones; `return_attention` also returns the (B, N, N') matrix a_ij.
+    A new block is the identity (BN gamma = beta = 0).
+
+    Example:
+        >>> import numpy as np
+        >>> block = NonLocalBlock(subsample=True)
+        >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype("float32")
+        >>> z, a = block(x, return_attention=True)
+        >>> bool(np.allclose(np.asarray(z), x)), tuple(a.shape)  # keys pooled 2x2
+        (True, (2, 64, 16))
+    """
+
+    def __init__(
+        self,
+        in_channels: int | None = None,
+        *,
+        spatial_dims: int | None = None,
+        instantiation: str = "embedded_gaussian",
+        inter_channels: int | None = None,
+        context_channels: int | None = None,
+        logit_scale: Any = None,
+        subsample: Any = False,
+        pool_position: str = "after_projection",
+        norm: str | None = "batch",
+        norm_eps: float = 1e-5,
+        residual: bool = True,
+        data_format: str | None = None,
+        norm_momentum: float = 0.9,
+        use_fused_attention: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        self._fields = {
+            "in_channels": in_channels,
+            "spatial_dims": spatial_dims,
+            "instantiation": instantiation,
+            "inter_channels": inter_channels,
+            "context_channels": context_channels,
+            "logit_scale": logit_scale,
+            "subsample": list(subsample) if isinstance(subsample, tuple) else subsample,
+            "pool_position": pool_position,
+            "norm": norm,
+            "norm_eps": norm_eps,
+            "residual": residual,
+            "data_format": data_format,
+        }
+        if not (isinstance(norm_momentum, float | int) and 0.0 <= norm_momentum <= 1.0):
+            raise ValueError(
+                f"NonLocalBlock.norm_momentum={norm_momentum!r} is invalid: expected a float "
+                "in [0, 1] (weight of the old running statistic)"
+            )
+        self.norm_momentum = float(norm_momentum)
+        self.use_fused_attention = bool(use_fused_attention)
+        self._config: NonLocalConfig | None = None
+        if in_channels is not None and spatial_dims is not None:
+            self._config = NonLocalConfig(**self._fields)
+        else:
+            self._validate_partial()
+
+    def _validate_partial(self) -> None:
+        """Check every given field now, with stand-ins for the ones the input will fix."""
+        fields = dict(self._fields)
+        if fields["spatial_dims"] is None:
+            sub = fields["subsample"]
+            fields["spatial_dims"] = len(sub) if isinstance(sub, list | tuple) else 2
+        if fields["in_channels"] is None:
+            same = fields["instantiation"] == "gaussian" and fields["context_channels"]
+            fields["in_channels"] = fields["context_channels"] if same else 1
+        NonLocalConfig(**fields)
+
+    # Config -------------------------------------------------------------------------------
+
+    @property
+    def nonlocal_config(self) -> NonLocalConfig:
+        """The block's `NonLocalConfig` (known once `in_channels`/`spatial_dims` are).
+
+        Example:
+            >>> NonLocalBlock(8, spatial_dims=1).nonlocal_config.inter_channels
+            4
+        """
+        if self._config is None:
+            raise ValueError(
+                f"{self.name}: in_channels/spatial_dims are read from the first input; "
+                "call or build the layer first, or pass them to the constructor"
+            )
+        return self._config
+
+    def _resolve(self, x_shape) -> NonLocalConfig:
+        if self._config is not None:
+            return self._config
+        x_shape = tuple(x_shape)
+        fields = dict(self._fields)
+        if fields["spatial_dims"] is None:
+            fields["spatial_dims"] = len(x_shape) - 2
+        if not 1 <= fields["spatial_dims"] <= 3:
+            raise InputError(
+                f"x has shape {x_shape} (rank {len(x_shape)}): expected rank 3, 4 or 5 "
+                "(batch, 1 to 3 spatial axes, channels)"
+            )
+        if fields["in_channels"] is None:
+            axis = 1 if fields["data_format"] == "channels_first" else -1
+            if x_shape[axis] is None:
+                raise InputError(
+                    f"x has shape {x_shape}: the channel axis ({axis}) must be known to build "
+                    "the layer, or pass in_channels"
+                )
+            fields["in_channels"] = int(x_shape[axis])
+        self._config = NonLocalConfig(**fields)
+        return self._config
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras serialisation: the layer kwargs plus every (resolved) config field.
+
+        Example:
+            >>> cfg = NonLocalBlock(8, spatial_dims=3, subsample=True).get_config()
+            >>> cfg["subsample"], cfg["inter_channels"]
+            ([1, 2, 2], 4)
+        """
+        fields = self._config.to_dict() if self._config is not None else dict(self._fields)
+        return {
+            **super().get_config(),
+            **fields,
+            "norm_momentum": self.norm_momentum,
+            "use_fused_attention": self.use_fused_attention,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | NonLocalConfig) -> NonLocalBlock:
+        """From a `get_config()` dict (Keras deserialisation) or a `NonLocalConfig`.
+
+        Example:
+            >>> block = NonLocalBlock.from_config(NonLocalConfig(8, spatial_dims=1))
+            >>> block.nonlocal_config.data_format  # the config's, not Keras's default
+            'channels_first'
+        """
+        if isinstance(config, NonLocalConfig):
+            return cls(**config.to_dict())
+        return super().from_config(dict(config))
+
+    # Weights ------------------------------------------------------------------------------
+
+    def build(self, x_shape, context_shape=None, key_mask_shape=None) -> None:
+        """Create theta, phi, g, w_f, W_z and BN weights at the spec's initialisation."""
+        cfg = self._resolve(x_shape)
+        check_shapes(cfg, tuple(x_shape), _maybe(context_shape), _maybe(key_mask_shape))
+        c, ci, cc = cfg.in_channels, cfg.inter_channels, cfg.context_channels
+        small = keras.initializers.RandomNormal(stddev=0.01)
+
+        def add(name, shape, init, **kwargs):
+            setattr(self, name, self.add_weight(name=name, shape=shape, initializer=init, **kwargs))
+
+        if cfg.instantiation != "gaussian":
+            add("theta_kernel", (c, ci), small)
+            add("theta_bias", (ci,), "zeros")
+            add("phi_kernel", (cc, ci), small)
+            add("phi_bias", (ci,), "zeros")
+        add("g_kernel", (cc, ci), small)
+        add("g_bias", (ci,), "zeros")
+        if cfg.instantiation == "concatenation":
+            add("concat_kernel", (2 * ci,), small)
+        # Without a norm, W_z starts at zero so that z = x either way.
+        add("out_kernel", (ci, c), small if cfg.norm == "batch" else "zeros")
+        add("out_bias", (c,), "zeros")
+        if cfg.norm == "batch":
+            add("gamma", (c,), "zeros")
+            add("beta", (c,), "zeros")
+            # Running statistics stay in the variable dtype (float32 under mixed precision).
+            add("moving_mean", (c,), "zeros", trainable=False, autocast=False)
+            add("moving_variance", (c,), "ones", trainable=False, autocast=False)
+        self.built = True
+
+    def _ensure_built(self) -> None:
+        """Build from the config alone (unknown batch and extents) when not built yet."""
+        if self.built:
+            return
+        cfg = self.nonlocal_config
+        spatial = (None,) * cfg.spatial_dims
+
+        def shape(channels: int) -> tuple[int | None, ...]:
+            if cfg.data_format == "channels_first":
+                return (None, channels, *spatial)
+            return (None, *spatial, channels)
+
+        ctx = shape(cfg.context_channels) if cfg.context_channels != cfg.in_channels else None
+        self.build(shape(cfg.in_channels), ctx)
+
+    def load_canonical_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Set every weight from the spec's canonical layout (checked first: `WeightError`).
+
+        Example:
+            >>> from nonlocal_core import random_weights
+            >>> block = NonLocalBlock(4, spatial_dims=2, instantiation="dot_product")
+            >>> w = random_weights(block.nonlocal_config, seed=0)
+            >>> block.load_canonical_weights(w)
+            >>> bool(np.allclose(block.canonical_weights()["theta.weight"], w["theta.weight"]))
+            True
+        """
+        check_weights(weights, self.nonlocal_config)
+        self._ensure_built()
+        for name, value in weights.items():
+            attr, transpose = _CANONICAL[name]
+            value = np.asarray(value)
+            getattr(self, attr).assign(value.T if transpose else value)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """Every weight in the spec's canonical layout, as NumPy arrays (variable dtype).
+
+        Example:
+            >>> block = NonLocalBlock(4, spatial_dims=1, norm=None)
+            >>> sorted(block.canonical_weights())[:2]
+            ['g.bias', 'g.weight']
+        """
+        self._ensure_built()
+        out = {}
+        for name, (attr, transpose) in _CANONICAL.items():
+            var = getattr(self, attr, None)
+            if var is None:
+                continue
+            value = to_numpy(var)
+            out[name] = value.T if transpose else value
+        return out
+
+    # Forward ------------------------------------------------------------------------------
+
+    def compute_output_shape(self, x_shape, context_shape=None, key_mask_shape=None):
+        """z has the shape of x."""
+        return tuple(x_shape)
+
+    def compute_output_spec(
+        self, x, context=None, key_mask=None, training=None, return_attention=False
+    ):
+        """z like x, and with `return_attention` the (B, N, N') attention matrix."""
+        cfg = self._resolve(x.shape)
+        shapes = check_shapes(cfg, tuple(x.shape), _shape_of(context), _shape_of(key_mask))
+        z = keras.KerasTensor(tuple(x.shape), dtype=self.compute_dtype)
+        if not return_attention:
+            return z
+        attention = (shapes.batch, shapes.num_queries, shapes.num_keys)
+        return z, keras.KerasTensor(attention, dtype=self.compute_dtype)
+
+    def call(self, x, context=None, key_mask=None, training=None, return_attention=False):
+        """z (and a_ij with `return_attention`); see the class docstring."""
+        cfg = self._resolve(x.shape)
+        x = ops.cast(x, self.compute_dtype)
+        if context is not None:
+            context = ops.cast(ops.convert_to_tensor(context), self.compute_dtype)
+        if key_mask is not None:
+            key_mask = ops.convert_to_tensor(key_mask)
+            mask_dtype = keras.backend.standardize_dtype(key_mask.dtype)
+            if mask_dtype != "bool":
+                raise InputError(
+                    f"key_mask has dtype {mask_dtype}: expected bool (True = valid key)"
+                )
+        check_shapes(cfg, tuple(x.shape), _shape_of(context), _shape_of(key_mask))
+
+        x_grid = F.to_grid(x, cfg.data_format)
+        ctx_grid = x_grid if context is None else F.to_grid(context, cfg.data_format)
+        mask = None if key_mask is None else F.flat_key_mask(key_mask, ops.shape(x)[0])
+        theta = (
+            x_grid
+            if cfg.instantiation == "gaussian"
+            else F.project(x_grid, self.theta_kernel, self.theta_bias)
+        )
+        theta = F.flatten_positions(theta)
+        weights = {"g_kernel": self.g_kernel, "g_bias": self.g_bias}
+        if cfg.instantiation != "gaussian":
+            weights.update(phi_kernel=self.phi_kernel, phi_bias=self.phi_bias)
+        phi, g = F.keys_and_values(ctx_grid, weights, cfg)
+
+        attention = None
+        if cfg.is_softmax:
+            if (
+                self.use_fused_attention
+                and not return_attention
+                and (F.fused_attention_applies(cfg, self.compute_dtype))
+            ):
+                y = F.fused_softmax_aggregate(theta, phi, g, mask, cfg.scale)
+            else:
+                attention = F.softmax_attention(theta, phi, mask, cfg.scale)
+        elif cfg.instantiation == "dot_product":
+            if return_attention:
+                attention = F.pairwise_dot_product(theta, phi, mask)
+            else:
+                y = F.dot_product_aggregate(theta, phi, g, mask)
+        else:
+            attention = F.concatenation_attention(theta, phi, self.concat_kernel, mask)
+        if attention is not None:
+            y = F.aggregate(attention, g)
+
+        u = F.project(y, self.out_kernel, self.out_bias)
+        if cfg.norm == "batch":
+            u = self._batch_norm(u, bool(training))
+        x_flat = F.flatten_positions(x_grid)
+        z_flat = u + x_flat if cfg.residual else u
+        z = F.from_grid(ops.reshape(z_flat, ops.shape(x_grid)), cfg.data_format)
+        return (z, attention) if return_attention else z
+
+    def _batch_norm(self, u, training: bool):
+        """BN over (B, N, C) in float32 for half inputs; training updates running stats."""
+        cfg = self.nonlocal_config
+        acc = F.accumulation_dtype(self.compute_dtype)
+        u_acc = ops.cast(u, acc)
+        if training:
+            mean, var = F.batch_moments(u_acc)
+            self._update_running_stats(u_acc, mean, var)
+        else:
+            mean = ops.cast(self.moving_mean, acc)
+            var = ops.cast(self.moving_variance, acc)
+        gamma, beta = ops.cast(self.gamma, acc), ops.cast(self.beta, acc)
+        return ops.cast(F.batch_norm(u_acc, gamma, beta, mean, var, cfg.norm_eps), u.dtype)
+
+    def _update_running_stats(self, u, mean, var) -> None:
+        shape = ops.shape(u)
+        n = ops.cast(shape[0] * shape[1], var.dtype)
+        # The running variance estimates the population one: unbiased, as PyTorch and Caffe2.
+        unbiased = var * n / (n - 1.0 + ops.cast(n <= 1.0, var.dtype))  # n = 1: var itself
+        m = self.norm_momentum
+        for stat, batch_value in ((self.moving_mean, mean), (self.moving_variance, unbiased)):
+            value = ops.stop_gradient(ops.cast(batch_value, stat.dtype))
+            stat.assign(stat * m + value * (1.0 - m))
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A tensor or variable of the current backend as NumPy (bfloat16 on PyTorch: float32).
+
+    `keras.ops.convert_to_numpy` on PyTorch goes through ``np.array(tensor)``, which NumPy 2
+    deprecates for torch tensors; this reads them directly.
+
+    Example:
+        >>> to_numpy(keras.ops.ones((2,))).tolist()
+        [1.0, 1.0]
+    """
+    if keras.backend.backend() != "torch":
+        return ops.convert_to_numpy(ops.stop_gradient(tensor))
+    import torch
+
+    value = tensor.value if isinstance(tensor, keras.Variable) else tensor
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        value = value.to(torch.float32)  # NumPy has no bfloat16; every bfloat16 fits float32
+    return value.numpy()
+
+
+def _maybe(shape):
+    return None if shape is None else tuple(shape)
+
+
+def _shape_of(tensor):
+    return None if tensor is None else tuple(tensor.shape)

@@ -1,0 +1,45 @@
+"""Fixtures of the Keras backend tests; run once per backend, each in its own process:
+``KERAS_BACKEND=tensorflow|jax|torch pytest tests/keras``."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from nonlocal_keras import NonLocalBlock
+from nonlocal_keras.layer import to_numpy as _to_numpy
+
+from nonlocal_core import NonLocalConfig, random_weights
+
+BACKEND = keras.backend.backend()
+EXTENTS = {1: (7,), 2: (5, 4), 3: (3, 4, 4)}
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """Any backend's tensor (grad-tracking or not) as a float64 NumPy array."""
+    return np.asarray(_to_numpy(tensor), np.float64)
+
+
+def make_input(config: NonLocalConfig, batch: int = 2, seed: int = 0, extent=None, channels=None):
+    """A random input of `config`'s layout."""
+    rng = np.random.default_rng(seed)
+    extent = EXTENTS[config.spatial_dims] if extent is None else extent
+    c = config.in_channels if channels is None else channels
+    shape = (batch, c, *extent) if config.data_format == "channels_first" else (batch, *extent, c)
+    return rng.normal(size=shape)
+
+
+def loaded_block(config: NonLocalConfig, seed: int = 0, **kwargs) -> tuple[NonLocalBlock, dict]:
+    """A layer holding `random_weights(config, seed)`, and those weights."""
+    weights = random_weights(config, seed=seed)
+    block = NonLocalBlock(**config.to_dict(), **kwargs)
+    block.load_canonical_weights(weights)
+    return block, weights
+
+
+@pytest.fixture(scope="session")
+def adapter():
+    """The conformance adapter for this process's backend (on JAX it enables float64)."""
+    from nonlocal_keras.conformance import KerasAdapter
+
+    return KerasAdapter()
