@@ -30,6 +30,17 @@ from nonlocal_core import (
 
 ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
 
+# Features named by a value, and the capability field listing the allowed values.
+_VALUED_FEATURES = {
+    "dtype": "dtypes",
+    "device": "devices",
+    "instantiation": "instantiations",
+    "spatial_dims": "spatial_dims",
+    "data_format": "data_formats",
+    "pool_position": "pool_positions",
+    "norm": "norms",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
@@ -61,8 +72,9 @@ class Capabilities:
     def missing(self, config: NonLocalConfig | None = None, **features: Any) -> list[str]:
         """The reasons `config` and the named features are unsupported (empty: supported).
 
-        Features: ``dtype``, ``device``, and booleans ``context``, ``key_mask``,
-        ``training``, ``attention``, ``gradients``, ``input_errors``.
+        Features: ``dtype``, ``device``, ``instantiation``, ``spatial_dims``,
+        ``data_format``, ``pool_position``, ``norm`` (values), and booleans ``context``,
+        ``key_mask``, ``training``, ``attention``, ``gradients``, ``input_errors``.
         """
         reasons: list[str] = []
         if config is not None:
@@ -77,13 +89,28 @@ class Capabilities:
                 if value not in allowed:
                     reasons.append(f"{field}={value!r} not supported")
         for name, value in features.items():
-            if name in ("dtype", "device", "instantiation"):
-                allowed = getattr(self, name + "s")
+            if name in _VALUED_FEATURES:
+                allowed = getattr(self, _VALUED_FEATURES[name])
                 if value not in allowed:
                     reasons.append(f"{name}={value!r} not supported")
             elif value and not getattr(self, name):
                 reasons.append(f"{name} not supported")
         return reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of the declared capabilities (sorted lists), for reports.
+
+        Example:
+            >>> Capabilities(devices=frozenset({"cpu"})).as_dict()["devices"]
+            ['cpu']
+        """
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, frozenset):
+                value = sorted(value, key=lambda v: (v is None, str(v)))
+            out[field.name] = value
+        return out
 
     def supports(self, config: NonLocalConfig | None = None, **features: Any) -> bool:
         """True when nothing in `missing` applies."""
@@ -111,6 +138,10 @@ class Adapter(Protocol):
 
     The constructor takes no arguments. ``build`` returns an opaque block handle the other
     methods receive back.
+
+    Optional: ``precision(dtype, device) -> dict`` with keys ``storage``, ``matmul_inputs``
+    and ``accumulation`` (dtype names, ``"tfloat32"`` allowed) describing how the
+    implementation rounds; without it the suite assumes everything happens in `dtype`.
     """
 
     name: str

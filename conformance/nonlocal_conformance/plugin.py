@@ -1,1 +1,243 @@
-"""pytest plugin entry point of the conformance suite."""
+"""pytest plugin entry point of the conformance suite (registered as ``pytest11``).
+
+Adds ``--backend``, ``--device``, ``--dtype``, ``--vectors`` and ``--conformance-report``,
+registers the Hypothesis profiles ``dev``, ``ci`` and ``thorough`` (select one with
+``--hypothesis-profile``), and provides the ``conformance_suite`` fixture. Everything stays
+inert unless tests of ``nonlocal_conformance.tests`` are collected, so other test runs need
+none of these options.
+
+Run it from a checkout or after ``pip install``::
+
+    pytest conformance --backend=numpy --hypothesis-profile=ci
+    pytest --pyargs nonlocal_conformance --backend=mypkg.nl:MyAdapter --dtype=float64
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import nonlocal_core
+
+from .adapter import ALL_DTYPES
+from .backends import ENV_VAR, BackendError, load_adapter
+from .report import Report
+from .suite import Suite
+from .vectors import VectorCase, load_case, load_index
+
+SUITE_VERSION = "1.0"
+VECTORS_ENV_VAR = "NONLOCAL_VECTORS"
+TESTS_PACKAGE = "nonlocal_conformance.tests"
+
+_RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+# dev: quick local runs. ci: deterministic (derandomize: the same examples on every run and
+# machine), no example database. thorough: many more examples, for releases and new backends.
+settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=_RELAXED)
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_RELAXED,
+)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, suppress_health_check=_RELAXED
+)
+
+_SUITE = pytest.StashKey["Suite | None"]()
+_REPORT = pytest.StashKey["Report | None"]()
+_NODEIDS = pytest.StashKey["set[str]"]()
+_STARTED = pytest.StashKey[float]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nonlocal-conformance", "non-local block conformance suite")
+    group.addoption(
+        "--backend",
+        default=None,
+        help=f"implementation under test: numpy, torch, keras, keras-tensorflow, keras-jax, "
+        f"keras-torch, an entry-point name or package.module:AdapterClass "
+        f"(default: ${ENV_VAR})",
+    )
+    group.addoption("--device", default="cpu", help="device to test on: cpu (default), cuda")
+    group.addoption(
+        "--dtype",
+        default="float32",
+        choices=ALL_DTYPES,
+        help="dtype under test (default float32)",
+    )
+    group.addoption(
+        "--vectors",
+        default=None,
+        help=f"golden-vector directory (default: ${VECTORS_ENV_VAR}, then spec/vectors of "
+        "the checkout)",
+    )
+    group.addoption(
+        "--conformance-report",
+        default=None,
+        metavar="FILE",
+        help="write the conformance report to FILE (.md: Markdown, else JSON)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "conformance: a check of the conformance suite")
+    config.stash[_SUITE] = None
+    config.stash[_REPORT] = None
+    config.stash[_NODEIDS] = set()
+    config.stash[_STARTED] = time.perf_counter()
+    config.pluginmanager.register(_Recorder(config), "nonlocal-conformance-recorder")
+    wants_suite = config.getoption("backend") or os.environ.get(ENV_VAR)
+    if wants_suite and not config.getoption("hypothesis_profile", None):
+        settings.load_profile("dev")
+
+
+def find_vectors(config: pytest.Config) -> Path | None:
+    """The golden-vector directory: --vectors, $NONLOCAL_VECTORS, or a checkout's spec/vectors."""
+    explicit = config.getoption("vectors") or os.environ.get(VECTORS_ENV_VAR)
+    if explicit:
+        return Path(explicit)
+    for candidate in (
+        Path(config.rootpath) / "spec" / "vectors",
+        Path(__file__).resolve().parents[2] / "spec" / "vectors",
+    ):
+        if (candidate / "index.json").is_file():
+            return candidate
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "golden_vector" not in metafunc.fixturenames:
+        return
+    directory = find_vectors(metafunc.config)
+    if directory is None or not (directory / "index.json").is_file():
+        where = directory or "spec/vectors (relative to the rootdir and to the checkout)"
+        reason = f"no golden vectors found at {where}: pass --vectors=DIR or ${VECTORS_ENV_VAR}"
+        param = pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-vectors")
+        metafunc.parametrize("golden_vector", [param], indirect=True)
+        return
+    files = load_index(directory)
+    params = [pytest.param(directory / name, id=Path(name).stem) for name in files]
+    metafunc.parametrize("golden_vector", params, indirect=True)
+
+
+@pytest.fixture
+def golden_vector(request: pytest.FixtureRequest) -> VectorCase:
+    """One golden vector, loaded from the file the parametrisation names."""
+    return load_case(request.param)
+
+
+def _is_conformance(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    return module is not None and module.__name__.startswith(TESTS_PACKAGE + ".")
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    ours = [item for item in items if _is_conformance(item)]
+    if not ours:
+        return
+    name = config.getoption("backend") or os.environ.get(ENV_VAR, "")
+    try:
+        adapter = load_adapter(name)
+    except BackendError as exc:
+        raise pytest.UsageError(f"nonlocal conformance suite: {exc}") from None
+    suite = Suite(
+        adapter,
+        name,
+        dtype=config.getoption("dtype"),
+        device=config.getoption("device"),
+        vectors_dir=find_vectors(config),
+    )
+    config.stash[_SUITE] = suite
+    header = suite.header()
+    header.update(
+        suite_version=SUITE_VERSION,
+        spec_version=nonlocal_core.SPEC_VERSION,
+        hypothesis_profile=settings.get_current_profile_name(),
+        vectors=str(suite.vectors_dir) if suite.vectors_dir else None,
+    )
+    config.stash[_REPORT] = Report(header=header)
+    config.stash[_NODEIDS] = {item.nodeid for item in ours}
+    for item in ours:
+        item.add_marker(pytest.mark.conformance)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    report = config.stash.get(_REPORT, None)
+    if report is None:
+        return []
+    h = report.header
+    versions = ", ".join(f"{k} {v}" for k, v in h["versions"].items())
+    precision = ", ".join(f"{k}={v}" for k, v in h["precision"].items())
+    return [
+        f"nonlocal conformance: backend {h['backend']} ({h['adapter']}), {versions}",
+        f"  device {h['device']}, dtype {h['dtype']}, precision {precision}, "
+        f"hypothesis profile {h['hypothesis_profile']}, vectors {h['vectors']}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def conformance_suite(request: pytest.FixtureRequest) -> Suite:
+    """The `Suite` of this run (only inside the conformance suite)."""
+    suite = request.config.stash.get(_SUITE, None)
+    if suite is None:
+        raise pytest.UsageError(
+            "conformance_suite is only available to the tests of nonlocal_conformance.tests"
+        )
+    return suite
+
+
+def _detail(report: pytest.TestReport) -> str:
+    if report.skipped:
+        if isinstance(report.longrepr, tuple):
+            return str(report.longrepr[2]).removeprefix("Skipped: ")
+        return str(report.longrepr)
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else str(report.longrepr)
+    return message.strip().splitlines()[0] if message.strip() else ""
+
+
+class _Recorder:
+    """Collects outcomes of the conformance tests into the run's `Report`."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        collected = self.config.stash.get(_REPORT, None)
+        if collected is None or report.nodeid not in self.config.stash[_NODEIDS]:
+            return
+        if report.when == "call" or report.outcome != "passed":
+            detail = "" if report.passed else _detail(report)
+            collected.add(report.nodeid, report.outcome, report.duration, detail)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        report = self.config.stash.get(_REPORT, None)
+        path = self.config.getoption("conformance_report")
+        if report is None or not path:
+            return
+        report.duration = time.perf_counter() - self.config.stash[_STARTED]
+        report.write(path)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    report = config.stash.get(_REPORT, None)
+    if report is None:
+        return
+    totals = report.totals()
+    terminalreporter.write_line(
+        f"nonlocal conformance [{report.header['backend']}, {report.header['dtype']}, "
+        f"{report.header['device']}]: {totals['passed']} passed, {totals['failed']} failed, "
+        f"{totals['skipped']} skipped"
+    )
+    path = config.getoption("conformance_report")
+    if path:
+        terminalreporter.write_line(f"conformance report: {path}")

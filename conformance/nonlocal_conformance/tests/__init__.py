@@ -1,0 +1,1 @@
+"""The conformance checks; run with ``pytest conformance --backend=NAME`` (see plugin)."""
