@@ -127,7 +127,7 @@ class NonLocalBlock(nn.Module):
 
         Example:
             >>> block = NonLocalBlock(4, norm=None)
-            >>> block.reset_parameters(); float(block.out.weight.abs().sum())
+            >>> block.reset_parameters(); float(block.out.weight.detach().abs().sum())
             0.0
         """
         with torch.no_grad():
