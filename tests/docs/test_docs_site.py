@@ -1,0 +1,204 @@
+"""The site builds offline-clean, every page has content, versions and plots are current.
+
+The site is built once per module with the CI command (``mkdocs build --strict``) into a
+temporary directory; the browser check runs on it when Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import nonlocal_core
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+KATEX = DOCS / "assets" / "katex"
+KATEX_VERSION = "0.19.1"
+# XML namespace names are identifiers, not addresses anything is fetched from.
+NAMESPACES = {"http://www.w3.org/1998/Math/MathML", "http://www.w3.org/2000/svg"}
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_docs_math  # noqa: E402
+import plot_benchmarks  # noqa: E402
+
+
+def _mkdocs_config() -> dict:
+    # mkdocs.yml uses no Python tags, so the safe loader reads it.
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+
+def _nav_pages(nav) -> list[str]:
+    pages = []
+    for entry in nav:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        pages += _nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def test_site_assets_are_local():
+    config = _mkdocs_config()
+    assert config["theme"]["font"] is False, "Material would fetch Google Fonts"
+    for asset in config["extra_css"] + config["extra_javascript"]:
+        assert "://" not in asset and (DOCS / asset).is_file(), asset
+    for path in [*DOCS.rglob("*.js"), *DOCS.rglob("*.css"), *DOCS.rglob("*.md")]:
+        urls = set(re.findall(r"https?://[^\s\"')<>]+", path.read_text(encoding="utf-8")))
+        local = {u for u in urls if u.startswith(("http://127.0.0.1", "http://localhost"))}
+        assert urls - NAMESPACES - local == set(), f"{path.relative_to(ROOT)} names URLs"
+
+
+def test_katex_is_vendored_whole():
+    assert f'version:"{KATEX_VERSION}"' in (KATEX / "katex.min.js").read_text(encoding="utf-8")
+    assert f"KaTeX {KATEX_VERSION}" in (KATEX / "README.txt").read_text(encoding="utf-8")
+    assert "MIT License" in (KATEX / "LICENSE").read_text(encoding="utf-8")
+    css = (KATEX / "katex.min.css").read_text(encoding="utf-8")
+    fonts = set(re.findall(r"url\((fonts/[^)]+\.woff2)\)", css))
+    assert len(fonts) == 20
+    assert {f for f in fonts if not (KATEX / f).is_file()} == set()
+
+
+def test_every_page_in_the_nav_has_content():
+    pages = _nav_pages(_mkdocs_config()["nav"])
+    assert {"operator.md", "conformance.md", "performance.md", "changelog.md"} <= set(pages)
+    for page in pages:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        assert not re.search(r"\b(TBD|TODO|FIXME)\b", text), page
+        words = len(re.sub(r"^:::.*$", "", text, flags=re.M).split())
+        minimum = 10 if page.startswith("api/") else 150
+        assert words >= minimum, f"{page} has {words} words"
+
+
+def test_built_pages_load_nothing_from_the_network(site):
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        remote = re.findall(
+            r"<(?:script|link|img|iframe)\b[^>]*(?:src|href)=\"(?:https?:)?//", text
+        )
+        assert remote == [], f"{page.relative_to(site)} loads {remote}"
+
+
+def test_api_reference_renders_docstring_examples(site):
+    html = (site / "api" / "core" / "index.html").read_text(encoding="utf-8")
+    assert "nonlocal_forward" in html and "NonLocalConfig" in html
+    # The "Example:" sections must arrive as code, not as Markdown with "&gt;&gt;&gt;" quotes.
+    assert html.count("&gt;&gt;&gt;") >= 20 and "<blockquote>" not in html
+
+
+def test_changelog_names_the_current_versions():
+    text = (DOCS / "changelog.md").read_text(encoding="utf-8")
+    assert f"**{nonlocal_core.SPEC_VERSION}**" in text
+    assert f"**{nonlocal_core.__version__}**" in text
+    assert f"## {nonlocal_core.__version__} " in text
+    plugin = importlib.import_module("nonlocal_conformance.plugin")
+    if hasattr(plugin, "SUITE_VERSION"):  # absent until the suite lands
+        assert f"**{plugin.SUITE_VERSION}**" in text
+
+
+def test_performance_plots_and_tables_are_current():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot_benchmarks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout
+    page = (DOCS / "performance.md").read_text(encoding="utf-8")
+    for csv_path in sorted((DOCS / "assets" / "perf").glob("*.csv")):
+        assert f'--8<-- "docs/_snippets/perf-{csv_path.stem}.md"' in page
+        assert f"assets/perf/{csv_path.stem}.svg" in page
+        title, rows = plot_benchmarks.read(csv_path)
+        assert title and rows
+
+
+# The browser check -----------------------------------------------------------------------
+
+RENDERED_DISPLAY = (
+    '<div class="arithmatex"><span class="katex-display"><span class="katex">x</span></span></div>'
+)
+
+
+def test_math_analysis_accepts_rendered_formulas():
+    static = '<p><span class="arithmatex">\\(a\\)</span></p><div class="arithmatex">\\[x\\]</div>'
+    dom = f'<p><span class="arithmatex"><span class="katex">a</span></span></p>{RENDERED_DISPLAY}'
+    report = check_docs_math.analyse(static, dom)
+    assert (report.formulas, report.display, report.rendered, report.problems) == (2, 1, 2, [])
+
+
+@pytest.mark.parametrize(
+    ("dom", "problem"),
+    [
+        ('<div class="arithmatex">\\[x\\]</div>', "not rendered"),
+        ('<div class="arithmatex"><span class="katex">x</span></div>', "not rendered"),
+        (
+            RENDERED_DISPLAY.replace('"katex">x', '"katex"><span class="katex-error">x</span>'),
+            "errors",
+        ),
+        ("<p>gone</p>", "the rendered DOM has 0"),
+    ],
+    ids=["raw-tex", "display-rendered-inline", "katex-error", "formula-lost"],
+)
+def test_math_analysis_reports_failures(dom, problem):
+    report = check_docs_math.analyse('<div class="arithmatex">\\[x\\]</div>', dom)
+    assert any(problem in p for p in report.problems), report.problems
+
+
+def test_math_analysis_refuses_a_page_without_math():
+    assert check_docs_math.analyse("<p>text</p>", "<p>text</p>").problems
+
+
+def test_the_browser_check_skips_cleanly_without_chromium(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    assert check_docs_math.main(["--site-dir", str(tmp_path)]) == 0
+    assert "SKIPPED: no Chromium found" in capsys.readouterr().out
+    assert check_docs_math.main(["--site-dir", str(tmp_path), "--require-browser"]) == 2
+
+
+@pytest.mark.skipif(
+    check_docs_math.find_browser() is None,
+    reason="Chromium is not installed (apt-get install -y chromium): browser check not run",
+)
+def test_every_formula_renders_in_a_browser(site, tmp_path):
+    shot = tmp_path / "operator.png"
+    pages = ["operator/", "", "performance/"]
+    arguments = ["--site-dir", str(site), "--screenshot", str(shot)]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "check_docs_math.py"), *arguments]
+        + [f"--page={p}" for p in pages],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert result.stdout.count(": ok") == len(pages)
+    assert shot.stat().st_size > 10_000  # a real screenshot, not an empty image
+
+
+@pytest.mark.parametrize("module", [check_docs_math, plot_benchmarks], ids=lambda m: m.__name__)
+def test_script_docstring_examples(module):
+    import doctest
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
