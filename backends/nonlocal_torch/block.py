@@ -241,6 +241,17 @@ class NonLocalBlock(nn.Module):
         phi = self._pool(ctx) if self.phi is None else self._pool(self.phi(ctx))
         return phi, self._pool(self.g(ctx))
 
+    def _normalise(self, u: Tensor) -> Tensor:
+        """BN(u). With one value per channel, batch statistics give u - mean = 0, so
+        BN(u) = beta (spec); nn.BatchNorm refuses that case in training, so it is done here,
+        and the running statistics (an unbiased variance of one value) are left unchanged."""
+        if not (self.training and u.numel() == u.shape[1]):
+            return self.norm(u)
+        shape = (1, -1) + (1,) * (u.dim() - 2)
+        centred = u - u.mean(dim=0, keepdim=True)  # zeros, with BN's gradient (zero) for u
+        scale = self.norm.weight * self.norm.eps**-0.5
+        return centred * scale.view(shape) + self.norm.bias.view(shape)
+
     def forward(
         self,
         x: Tensor,
@@ -295,7 +306,7 @@ class NonLocalBlock(nn.Module):
         y = y.reshape(y.shape[0], *shapes.spatial, y.shape[-1]).movedim(-1, 1)
         u = self.out(y)
         if self.norm is not None:
-            u = self.norm(u)
+            u = self._normalise(u)
         z = u + x_cf if cfg.residual else u
         z = z.movedim(1, -1).contiguous() if channels_last else _like(z, x)
         return (z, attention) if return_attention else z

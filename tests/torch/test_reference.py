@@ -131,3 +131,20 @@ def test_gradients_match_finite_differences(instantiation, pooling, norm_mode):
         # Batch statistics change the running buffers on every call; gradcheck needs purity.
         block.norm.momentum = 0.0
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+def test_training_with_one_value_per_channel(instantiation):
+    # B = N = 1: batch statistics make u - mean = 0, so BN(u) = beta (nn.BatchNorm refuses).
+    cfg = NonLocalConfig(3, spatial_dims=1, instantiation=instantiation)
+    block, weights = block_for(cfg)
+    x = np.random.default_rng(0).normal(size=(1, 3, 1))
+    before = block.norm.running_var.clone()
+    xt = tensor(x).requires_grad_(True)
+    z = block.train()(xt)
+    np.testing.assert_allclose(
+        z.detach().numpy(), reference(cfg, weights, x, training=True), rtol=0, atol=1e-15
+    )
+    z.sum().backward()
+    torch.testing.assert_close(xt.grad, torch.ones_like(xt))  # only the residual path
+    assert torch.equal(block.norm.running_var, before)  # an unbiased variance of 1 value
