@@ -29,9 +29,15 @@ import check_docs_math  # noqa: E402
 import plot_benchmarks  # noqa: E402
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader plus MkDocs's ``!relative`` tag (read as its plain value)."""
+
+
+_Loader.add_constructor("!relative", lambda loader, node: loader.construct_scalar(node))
+
+
 def _mkdocs_config() -> dict:
-    # mkdocs.yml uses no Python tags, so the safe loader reads it.
-    return yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    return yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)
 
 
 def _nav_pages(nav) -> list[str]:
