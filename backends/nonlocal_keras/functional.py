@@ -41,8 +41,7 @@ def to_grid(features, data_format: str):
     """(B, C, *S) or (B, *S, C) -> (B, *S, C).
 
     Example:
-        >>> import numpy as np
-        >>> tuple(to_grid(np.zeros((2, 3, 4, 5)), "channels_first").shape)
+        >>> tuple(to_grid(ops.zeros((2, 3, 4, 5)), "channels_first").shape)
         (2, 4, 5, 3)
     """
     if data_format == "channels_first":
@@ -54,8 +53,7 @@ def from_grid(grid, data_format: str):
     """Inverse of `to_grid`.
 
     Example:
-        >>> import numpy as np
-        >>> tuple(from_grid(np.zeros((2, 4, 5, 3)), "channels_first").shape)
+        >>> tuple(from_grid(ops.zeros((2, 4, 5, 3)), "channels_first").shape)
         (2, 3, 4, 5)
     """
     if data_format == "channels_first":
@@ -67,8 +65,7 @@ def flatten_positions(grid):
     """(B, *S, C) -> (B, N, C), positions row-major over S like the reference.
 
     Example:
-        >>> import numpy as np
-        >>> tuple(flatten_positions(np.zeros((2, 3, 4, 5))).shape)
+        >>> tuple(flatten_positions(ops.zeros((2, 3, 4, 5))).shape)
         (2, 12, 5)
     """
     shape = ops.shape(grid)
@@ -79,11 +76,14 @@ def project(grid, kernel, bias):
     """A 1x1 projection over the channel axis: ``grid @ kernel + bias``, kernel (in, out).
 
     Example:
-        >>> import numpy as np
-        >>> np.asarray(project(np.ones((1, 2, 3)), np.ones((3, 4)), np.zeros(4)))[0, 0]
-        array([3., 3., 3., 3.])
+        >>> z = project(ops.ones((1, 2, 3)), ops.ones((3, 4)), ops.zeros(4))
+        >>> ops.convert_to_numpy(z)[0, 0].tolist()
+        [3.0, 3.0, 3.0, 3.0]
     """
-    return ops.einsum("...c,co->...o", grid, kernel) + bias
+    # Spelled-out axes, not "...": TensorFlow 2.21's CPU einsum with an ellipsis returns
+    # wrong float16 results (errors of order 10 on unit inputs).
+    axes = "bxyz"[: len(grid.shape) - 1]
+    return ops.einsum(f"{axes}c,co->{axes}o", grid, kernel) + bias
 
 
 def max_pool(grid, window: Sequence[int] | None):
@@ -93,9 +93,9 @@ def max_pool(grid, window: Sequence[int] | None):
     float64 or CPU float16 kernel, and this form is exact for every dtype and backend.
 
     Example:
-        >>> import numpy as np
-        >>> np.asarray(max_pool(np.arange(5.0).reshape(1, 5, 1), (2,)))[0, :, 0]
-        array([1., 3.])
+        >>> pooled = max_pool(ops.reshape(ops.arange(5.0), (1, 5, 1)), (2,))
+        >>> ops.convert_to_numpy(pooled)[0, :, 0].tolist()
+        [1.0, 3.0]
     """
     if window is None or all(w == 1 for w in window):
         return grid
@@ -117,10 +117,9 @@ def keys_and_values(ctx_grid, weights, config: NonLocalConfig):
     `weights` maps ``"phi_kernel"``, ``"phi_bias"``, ``"g_kernel"``, ``"g_bias"`` to tensors.
 
     Example:
-        >>> import numpy as np
         >>> cfg = NonLocalConfig(2, spatial_dims=1, instantiation="gaussian", subsample=True)
-        >>> w = {"g_kernel": np.ones((2, 1)), "g_bias": np.zeros(1)}
-        >>> phi, g = keys_and_values(np.ones((1, 6, 2)), w, cfg)
+        >>> w = {"g_kernel": ops.ones((2, 1)), "g_bias": ops.zeros(1)}
+        >>> phi, g = keys_and_values(ops.ones((1, 6, 2)), w, cfg)
         >>> tuple(phi.shape), tuple(g.shape)
         ((1, 3, 2), (1, 3, 1))
     """
@@ -141,8 +140,7 @@ def flat_key_mask(key_mask, batch):
     """A (B, *S') or (B, N') boolean key mask as (B, N').
 
     Example:
-        >>> import numpy as np
-        >>> tuple(flat_key_mask(np.ones((2, 2, 3), dtype=bool), 2).shape)
+        >>> tuple(flat_key_mask(ops.ones((2, 2, 3), dtype="bool"), 2).shape)
         (2, 6)
     """
     return ops.reshape(key_mask, (batch, -1))
@@ -171,9 +169,8 @@ def softmax_attention(theta, phi, mask, scale: float):
     gradients), its mask is opened to every key and its rows zeroed after the softmax.
 
     Example:
-        >>> import numpy as np
-        >>> a = softmax_attention(np.zeros((1, 1, 2)), np.ones((1, 4, 2)), None, 1.0)
-        >>> np.asarray(a).round(2).tolist()
+        >>> a = softmax_attention(ops.zeros((1, 1, 2)), ops.ones((1, 4, 2)), None, 1.0)
+        >>> ops.convert_to_numpy(a).tolist()
         [[[0.25, 0.25, 0.25, 0.25]]]
     """
     dtype = keras.backend.standardize_dtype(theta.dtype)
@@ -198,11 +195,9 @@ def fused_softmax_aggregate(theta, phi, g, mask, scale: float):
     Fully masked batch elements are handled as in `softmax_attention`.
 
     Example:
-        >>> import numpy as np
-        >>> y = fused_softmax_aggregate(
-        ...     np.zeros((1, 1, 2), "float32"), np.ones((1, 3, 2), "float32"),
-        ...     np.arange(6, dtype="float32").reshape(1, 3, 2), None, 1.0)
-        >>> np.asarray(y).tolist()
+        >>> g = ops.reshape(ops.arange(6.0), (1, 3, 2))
+        >>> y = fused_softmax_aggregate(ops.zeros((1, 1, 2)), ops.ones((1, 3, 2)), g, None, 1.0)
+        >>> ops.convert_to_numpy(y).tolist()
         [[[2.0, 3.0]]]
     """
     heads = lambda t: ops.expand_dims(t, 2)  # noqa: E731  (B, T, 1, D): one head
@@ -236,11 +231,10 @@ def dot_product_aggregate(theta, phi, g, mask):
     """y_i = theta_i (sum_j phi_j g_j^T) / N'_valid: associativity, O(N d C') not O(N N').
 
     Example:
-        >>> import numpy as np
-        >>> y = dot_product_aggregate(np.ones((1, 2, 1)), np.ones((1, 4, 1)),
-        ...                           np.full((1, 4, 1), 3.0), None)
-        >>> np.asarray(y).ravel().tolist()
-        [3.0, 3.0]
+        >>> y = dot_product_aggregate(ops.ones((1, 2, 1)), ops.ones((1, 4, 1)),
+        ...                           3.0 * ops.ones((1, 4, 1)), None)
+        >>> ops.convert_to_numpy(y).tolist()
+        [[[3.0], [3.0]]]
     """
     dtype = keras.backend.standardize_dtype(theta.dtype)
     if mask is not None:
@@ -253,9 +247,8 @@ def pairwise_dot_product(theta, phi, mask):
     """The explicit (B, N, N') matrix theta_i . phi_j / N'_valid (for `return_attention`).
 
     Example:
-        >>> import numpy as np
-        >>> a = pairwise_dot_product(np.ones((1, 1, 1)), 2 * np.ones((1, 2, 1)), None)
-        >>> np.asarray(a).tolist()
+        >>> a = pairwise_dot_product(ops.ones((1, 1, 1)), 2.0 * ops.ones((1, 2, 1)), None)
+        >>> ops.convert_to_numpy(a).tolist()
         [[[1.0, 1.0]]]
     """
     dtype = keras.backend.standardize_dtype(theta.dtype)
@@ -272,10 +265,9 @@ def concatenation_attention(theta, phi, concat_kernel, mask):
     (B, N, N'), never the (B, 2C', N, N') concatenation.
 
     Example:
-        >>> import numpy as np
-        >>> a = concatenation_attention(np.ones((1, 1, 1)), np.array([[[1.0], [-3.0]]]),
-        ...                             np.array([1.0, 1.0]), None)
-        >>> np.asarray(a).tolist()
+        >>> phi = ops.convert_to_tensor([[[1.0], [-3.0]]])
+        >>> a = concatenation_attention(ops.ones((1, 1, 1)), phi, ops.ones(2), None)
+        >>> ops.convert_to_numpy(a).tolist()
         [[[1.0, 0.0]]]
     """
     dtype = keras.backend.standardize_dtype(theta.dtype)
@@ -292,10 +284,10 @@ def batch_norm(u, gamma, beta, mean, var, eps: float):
     """(u - mean) * gamma / sqrt(var + eps) + beta over the last axis.
 
     Example:
-        >>> import numpy as np
-        >>> one, zero = np.ones(1), np.zeros(1)
-        >>> np.asarray(batch_norm(np.array([[[2.0]]]), one, zero, zero, one, 0.0)).item()
-        2.0
+        >>> one, zero = ops.ones(1), ops.zeros(1)
+        >>> z = batch_norm(2.0 * ops.ones((1, 1, 1)), one, zero, zero, one, 0.0)
+        >>> ops.convert_to_numpy(z).tolist()
+        [[[2.0]]]
     """
     return (u - mean) * (gamma * ops.rsqrt(var + eps)) + beta
 
@@ -304,9 +296,8 @@ def batch_moments(u):
     """Mean and biased variance of (B, N, C) over batch and positions.
 
     Example:
-        >>> import numpy as np
-        >>> m, v = batch_moments(np.array([[[1.0], [3.0]]]))
-        >>> np.asarray(m).tolist(), np.asarray(v).tolist()
+        >>> m, v = batch_moments(ops.convert_to_tensor([[[1.0], [3.0]]]))
+        >>> ops.convert_to_numpy(m).tolist(), ops.convert_to_numpy(v).tolist()
         ([2.0], [1.0])
     """
     shape = ops.shape(u)
@@ -320,8 +311,8 @@ def aggregate(attention, g):
     """y_i = sum_j a_ij g_j: (B, N, N') x (B, N', C') -> (B, N, C').
 
     Example:
-        >>> import numpy as np
-        >>> np.asarray(aggregate(np.full((1, 1, 2), 0.5), np.array([[[2.0], [4.0]]]))).tolist()
+        >>> y = aggregate(0.5 * ops.ones((1, 1, 2)), ops.convert_to_tensor([[[2.0], [4.0]]]))
+        >>> ops.convert_to_numpy(y).tolist()
         [[[3.0]]]
     """
     return ops.einsum("bnm,bmc->bnc", attention, g)

@@ -65,7 +65,7 @@ class NonLocalBlock(keras.layers.Layer):
         >>> block = NonLocalBlock(subsample=True)
         >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype("float32")
         >>> z, a = block(x, return_attention=True)
-        >>> bool(np.allclose(np.asarray(z), x)), tuple(a.shape)  # keys pooled 2x2
+        >>> bool(np.allclose(keras.ops.convert_to_numpy(z), x)), tuple(a.shape)  # keys pooled
         (True, (2, 64, 16))
     """
 
@@ -384,22 +384,27 @@ class NonLocalBlock(keras.layers.Layer):
 def to_numpy(tensor) -> np.ndarray:
     """A tensor or variable of the current backend as NumPy (bfloat16 on PyTorch: float32).
 
-    `keras.ops.convert_to_numpy` on PyTorch goes through ``np.array(tensor)``, which NumPy 2
-    deprecates for torch tensors; this reads them directly.
+    `keras.ops.convert_to_numpy` on PyTorch and JAX goes through ``np.array(tensor)``, which
+    NumPy 2 deprecates for their arrays (no ``copy`` keyword); this reads them directly.
 
     Example:
         >>> to_numpy(keras.ops.ones((2,))).tolist()
         [1.0, 1.0]
     """
-    if keras.backend.backend() != "torch":
-        return ops.convert_to_numpy(ops.stop_gradient(tensor))
+    backend = keras.backend.backend()
+    value = tensor.value if isinstance(tensor, keras.Variable) else tensor
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.device_get(value))
+    if backend != "torch":
+        return ops.convert_to_numpy(value)
     import torch
 
-    value = tensor.value if isinstance(tensor, keras.Variable) else tensor
     value = value.detach().cpu()
     if value.dtype == torch.bfloat16:
         value = value.to(torch.float32)  # NumPy has no bfloat16; every bfloat16 fits float32
-    return value.numpy()
+    return value.numpy().copy()  # .numpy() shares memory: later assigns would show through
 
 
 def _maybe(shape):

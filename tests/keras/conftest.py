@@ -43,3 +43,12 @@ def adapter():
     from nonlocal_keras.conformance import KerasAdapter
 
     return KerasAdapter()
+
+
+def pytest_configure(config):
+    # Keras's own convert_to_numpy calls np.array() on JAX/torch arrays, which NumPy 2 flags;
+    # the warning is about Keras internals, not this package (whose modules stay "error").
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    )
