@@ -1,0 +1,1 @@
+"""Tests of the conformance suite itself (run by ``pytest tests``)."""
