@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from nonlocal_core import InputError, NonLocalConfig, check_shapes, check_weights
 
 from .functional import nonlocal_attention
+from .strategies import check_strategy
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -37,7 +38,9 @@ class NonLocalBlock(nn.Module):
     """The non-local block z = BN(W_z y) + x with y_i = sum_j f(x_i, x^_j) g(x^_j) / C(x).
 
     Takes every `NonLocalConfig` field as a keyword (``in_channels`` positional) plus
-    ``norm_momentum`` (BN running-stat momentum, framework-native), ``device`` and ``dtype``.
+    ``norm_momentum`` (BN running-stat momentum, framework-native), ``strategy`` (an exact
+    execution strategy, ``"auto"`` by default: see `nonlocal_torch.strategies`), ``device``
+    and ``dtype``. ``block.strategy`` may be changed at any time.
     Inputs are ``(B, C, *S)`` (``data_format="channels_first"``, the default) or
     ``(B, *S, C)``; tensors in ``torch.channels_last`` memory format are welcome and keep it.
     A new block is the identity (spec initialisation, drawn from torch's RNG).
@@ -67,6 +70,7 @@ class NonLocalBlock(nn.Module):
         residual: bool = True,
         data_format: str = "channels_first",
         norm_momentum: float | None = 0.1,
+        strategy: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -86,6 +90,7 @@ class NonLocalBlock(nn.Module):
             data_format=data_format,
         )
         cfg = self.config
+        self.strategy = check_strategy(strategy, cfg.instantiation)
         factory = {"device": device, "dtype": dtype}
         conv = _CONV[cfg.spatial_dims]
         c, ci, cc = cfg.in_channels, cfg.inter_channels, cfg.context_channels
@@ -301,6 +306,7 @@ class NonLocalBlock(nn.Module):
             concat_weight=None if self.concat is None else self.concat.weight[0],
             mask=mask,
             return_attention=return_attention,
+            strategy=self.strategy,
         )
         # (B, N, C') -> (B, *S, C') -> (B, C', *S): a channels_last-strided view, no copy.
         y = y.reshape(y.shape[0], *shapes.spatial, y.shape[-1]).movedim(-1, 1)
@@ -331,6 +337,8 @@ class NonLocalBlock(nn.Module):
             parts.append("residual=False")
         if cfg.data_format != "channels_first":
             parts.append(f"data_format={cfg.data_format!r}")
+        if self.strategy != "auto":
+            parts.append(f"strategy={self.strategy!r}")
         return ", ".join(parts)
 
 

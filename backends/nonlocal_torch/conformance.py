@@ -4,6 +4,10 @@ Run the suite against it with ``pytest conformance --backend=torch`` (add
 ``--device=cuda`` on a GPU). Arrays arrive as NumPy holding values representable in the
 dtype under test (bfloat16 values in float32 arrays), so converting them is exact.
 
+``NONLOCAL_TORCH_STRATEGY`` forces execution strategies: a comma-separated list, of which
+each block takes the first its instantiation can run (else ``auto``), e.g.
+``NONLOCAL_TORCH_STRATEGY=chunked,pairwise`` or ``sdpa,associative,sorted``.
+
 Example:
     >>> import numpy as np
     >>> from nonlocal_core import NonLocalConfig, init_weights
@@ -19,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,6 +34,9 @@ from nonlocal_conformance.adapter import Capabilities, Output
 from nonlocal_core import NonLocalConfig
 
 from .block import NonLocalBlock
+from .strategies import _ALLOWED, STRATEGIES
+
+STRATEGY_ENV = "NONLOCAL_TORCH_STRATEGY"
 
 TORCH_DTYPES = {
     "float64": torch.float64,
@@ -71,6 +79,11 @@ class TorchAdapter:
     name = "torch"
 
     def __init__(self) -> None:
+        forced = os.environ.get(STRATEGY_ENV, "")
+        self.forced = tuple(s.strip() for s in forced.split(",") if s.strip())
+        unknown = [s for s in self.forced if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"{STRATEGY_ENV}={forced!r}: unknown {unknown}, expected {STRATEGIES}")
         self.capabilities = Capabilities(
             dtypes=frozenset(TORCH_DTYPES),
             devices=_devices(),
@@ -80,6 +93,7 @@ class TorchAdapter:
     def versions(self) -> dict[str, str]:
         """Library versions for the report header."""
         out = {"torch": torch.__version__, "numpy": np.__version__}
+        out["strategy"] = ",".join(self.forced) or "auto"
         if torch.cuda.is_available():
             out["cuda"] = str(torch.version.cuda)
             out["gpu"] = torch.cuda.get_device_name()
@@ -93,7 +107,10 @@ class TorchAdapter:
             raise ValueError(
                 f"dtype={dtype!r} is not supported: expected one of {list(TORCH_DTYPES)}"
             )
-        block = NonLocalBlock.from_config(config, dtype=TORCH_DTYPES[dtype], device=device)
+        strategy = next((s for s in self.forced if s in _ALLOWED[config.instantiation]), "auto")
+        block = NonLocalBlock.from_config(
+            config, dtype=TORCH_DTYPES[dtype], device=device, strategy=strategy
+        )
         block.load_canonical_weights(weights)
         return block.eval()
 

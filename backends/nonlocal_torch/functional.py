@@ -5,10 +5,11 @@ flattened row-major, channels last, contiguous - and returns y (B, N, C') with
 
     y_i = sum_j a_ij g_j,   a_ij = f(theta_i, phi_j) / C_i      (spec section "The operator")
 
-The common path never builds a B x 2C' x N x N' tensor: the softmax instantiations go
-through `scaled_dot_product_attention`, the dot product uses associativity
-``theta (phi^T g) / N'``, and concatenation broadcasts two scalars per position into one
-(B, N, N') matrix. `attention_matrix` materialises a_ij when the caller asks for it.
+No strategy builds a B x 2C' x N x N' tensor, and only ``pairwise`` (or the attention
+output) an N x N' one: the softmax instantiations go through
+`scaled_dot_product_attention` (or an exact query-chunked loop), the dot product uses
+associativity ``theta (phi^T g) / N'``, and concatenation sorts keys by their scalar half
+(see `nonlocal_torch.strategies`). `attention_matrix` materialises a_ij when asked.
 
 A key mask is (B, N') boolean, True = valid. A query with no valid key gets y_i = 0.
 """
@@ -18,8 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend
 
 from nonlocal_core import NonLocalConfig
+
+from .strategies import check_strategy, choose_strategy, chunked_softmax, sorted_concatenation
 
 
 def _mask_parts(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -58,12 +62,18 @@ def _common_dtype(*tensors: Tensor) -> list[Tensor]:
 
 
 def softmax_attention(
-    theta: Tensor, phi: Tensor, g: Tensor, scale: float, mask: Tensor | None = None
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    scale: float,
+    mask: Tensor | None = None,
+    strategy: str = "auto",
 ) -> Tensor:
     """Embedded Gaussian / Gaussian: ``y = softmax(scale * theta phi^T) g`` through SDPA.
 
     q, k, v are passed as contiguous (B, 1, N, d) tensors so that fused kernels (flash,
-    memory-efficient, cuDNN) can run; they never materialise the N x N' logits.
+    memory-efficient, cuDNN) can run; they never materialise the N x N' logits. Where no
+    fused kernel accepts the inputs, ``auto`` takes the exact query-chunked path instead.
 
     Example:
         >>> t = torch.zeros(1, 3, 2); v = torch.arange(8.0).reshape(1, 4, 2)
@@ -81,14 +91,22 @@ def softmax_attention(
         g = F.pad(g, (0, d - width))
     elif d < width:
         theta, phi = F.pad(theta, (0, width - d)), F.pad(phi, (0, width - d))
-    y = F.scaled_dot_product_attention(
-        theta.unsqueeze(1).contiguous(),
-        phi.unsqueeze(1).contiguous(),
-        g.unsqueeze(1).contiguous(),
-        attn_mask=attn_mask,
-        scale=scale,
-    ).squeeze(1)
+    q, k, v = (t.unsqueeze(1).contiguous() for t in (theta, phi, g))
+    if strategy == "chunked" or (
+        strategy == "auto" and not _fused_kernel_accepts(q, k, v, attn_mask)
+    ):
+        y = chunked_softmax(theta, phi, g, scale, safe)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale).squeeze(1)
     return _zero_empty(y[..., :width], has_key)
+
+
+def _fused_kernel_accepts(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> bool:
+    """False when SDPA would fall back to its math kernel (which builds N x N' logits)."""
+    if torch.compiler.is_compiling():
+        return True  # the compiler lowers SDPA itself
+    choice = torch._fused_sdp_choice(q, k, v, attn_mask, 0.0, False, scale=None)
+    return choice != int(SDPBackend.MATH)
 
 
 def dot_product_attention(theta: Tensor, phi: Tensor, g: Tensor, mask: Tensor | None = None):
@@ -117,10 +135,11 @@ def _concat_halves(theta: Tensor, phi: Tensor, weight: Tensor) -> tuple[Tensor, 
 def concatenation_attention(
     theta: Tensor, phi: Tensor, g: Tensor, weight: Tensor, mask: Tensor | None = None
 ) -> Tensor:
-    """Concatenation: ``y_i = sum_j ReLU(a_i + b_j) g_j / N'`` with one (B, N, N') matrix.
+    """Concatenation: ``y_i = sum_j ReLU(a_i + b_j) g_j / N'``, sorted: no N x N' memory.
 
-    ``w_f . [theta_i ; phi_j]`` splits into two scalars, so the B x 2C' x N x N'
-    concatenated tensor of other implementations is never built.
+    ``w_f . [theta_i ; phi_j]`` splits into two scalars a_i, b_j, so neither the
+    B x 2C' x N x N' tensor of other implementations nor an N x N' matrix is built
+    (`nonlocal_torch.strategies.sorted_concatenation`).
 
     Example:
         >>> t = torch.ones(1, 2, 1); p = torch.ones(1, 3, 1); v = torch.ones(1, 3, 1)
@@ -129,10 +148,7 @@ def concatenation_attention(
     """
     theta, phi, g = _common_dtype(theta, phi, g)
     a, b = _concat_halves(theta, phi, weight)
-    f = torch.relu(a[:, :, None] + b[:, None, :])
-    if mask is not None:
-        f = f * mask[:, None, :].to(f.dtype)
-    return f @ (g / _key_count(mask, phi.shape[1], g))
+    return sorted_concatenation(a, b, g, mask) / _key_count(mask, phi.shape[1], g)
 
 
 def attention_matrix(
@@ -177,8 +193,12 @@ def nonlocal_attention(
     concat_weight: Tensor | None = None,
     mask: Tensor | None = None,
     return_attention: bool = False,
+    strategy: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """y (B, N, C') for `config`'s instantiation, and a_ij when `return_attention`.
+
+    `strategy` picks an exact execution strategy (see `nonlocal_torch.strategies`); the
+    attention output always materialises B x N x N'.
 
     Example:
         >>> cfg = NonLocalConfig(4, spatial_dims=1)
@@ -187,11 +207,19 @@ def nonlocal_attention(
         >>> y.shape, a
         (torch.Size([2, 5, 2]), None)
     """
-    if return_attention:
+    check_strategy(strategy, config.instantiation)
+    if return_attention or strategy == "pairwise":
         attention = attention_matrix(theta, phi, config, concat_weight, mask)
-        return attention @ g.to(attention.dtype), attention
+        y = attention @ g.to(attention.dtype)
+        return y, (attention if return_attention else None)
     if config.is_softmax:
-        return softmax_attention(theta, phi, g, config.scale, mask), None
+        return softmax_attention(theta, phi, g, config.scale, mask, strategy), None
+    if strategy == "auto":
+        n, m = theta.shape[1], phi.shape[1]
+        strategy = choose_strategy(config.instantiation, n, m, theta.shape[-1], g.shape[-1])
+        if strategy == "pairwise":
+            attention = attention_matrix(theta, phi, config, concat_weight, mask)
+            return attention @ g.to(attention.dtype), None
     if config.instantiation == "dot_product":
         return dot_product_attention(theta, phi, g, mask), None
     return concatenation_attention(theta, phi, g, concat_weight, mask), None

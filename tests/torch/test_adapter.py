@@ -126,3 +126,21 @@ def test_build_rejects_bad_weights_and_dtype():
         adapter.build(cfg, weights, dtype="float32", device="cpu")
     with pytest.raises(ValueError, match="dtype='int8' is not supported"):
         adapter.build(cfg, random_weights(cfg), dtype="int8", device="cpu")
+
+
+def test_forced_strategies_from_environment(monkeypatch):
+    monkeypatch.setenv("NONLOCAL_TORCH_STRATEGY", "chunked, sorted")
+    adapter = TorchAdapter()
+    assert adapter.versions()["strategy"] == "chunked,sorted"
+    build = lambda inst: adapter.build(  # noqa: E731
+        NonLocalConfig(4, instantiation=inst),
+        random_weights(NonLocalConfig(4, instantiation=inst)),
+        dtype="float32",
+        device="cpu",
+    )
+    assert build("gaussian").strategy == "chunked"
+    assert build("concatenation").strategy == "sorted"
+    assert build("dot_product").strategy == "auto"
+    monkeypatch.setenv("NONLOCAL_TORCH_STRATEGY", "fast")
+    with pytest.raises(ValueError, match="NONLOCAL_TORCH_STRATEGY='fast': unknown"):
+        TorchAdapter()

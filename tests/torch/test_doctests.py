@@ -12,6 +12,7 @@ MODULES = [
     "nonlocal_torch.block",
     "nonlocal_torch.functional",
     "nonlocal_torch.conformance",
+    "nonlocal_torch.strategies",
 ]
 
 

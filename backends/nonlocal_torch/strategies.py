@@ -1,0 +1,177 @@
+"""Exact execution strategies for the pairwise step, and the cost model that picks one.
+
+All strategies compute the same y_i = sum_j a_ij g_j (see `functional`); they differ in
+time and memory:
+
+=============== ======================= ============================== =====================
+instantiation   strategy                work                           extra memory
+=============== ======================= ============================== =====================
+softmax         ``sdpa``                N N' (d + C')                  O(N C') fused kernels
+softmax         ``chunked``             N N' (d + C')                  chunk x N' (bounded)
+dot product     ``associative``         (N + N') d C'                  d x C'
+concatenation   ``sorted``              (N + N') (log N' + C')         O((N + N') C')
+any             ``pairwise``            N N' (d + C')                  B x N x N'
+=============== ======================= ============================== =====================
+
+``auto`` (the default) applies `choose_strategy`. The sorted concatenation rests on
+ReLU(a_i + b_j) = (a_i + b_j) [b_j > -a_i]: with keys sorted by b,
+
+    sum_j ReLU(a_i + b_j) g_j = a_i G(t_i) + H(t_i),   t_i = #{j : b_j <= -a_i}
+
+where G and H are suffix sums of g_(k) and b_(k) g_(k) over the sorted keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+STRATEGIES = ("auto", "sdpa", "chunked", "associative", "sorted", "pairwise")
+_ALLOWED = {
+    "embedded_gaussian": ("auto", "sdpa", "chunked", "pairwise"),
+    "gaussian": ("auto", "sdpa", "chunked", "pairwise"),
+    "dot_product": ("auto", "associative", "pairwise"),
+    "concatenation": ("auto", "sorted", "pairwise"),
+}
+# Elements of one (chunk x N') block of logits in the chunked softmax, per batch item.
+CHUNK_ELEMENTS = 1 << 22
+# The pairwise concatenation is used only while its (B, N, N') matrix stays below this.
+PAIRWISE_LIMIT = 1 << 24
+# Cost of one sorted-path operation in pairwise operations (measured on CPU, 1 thread).
+SORTED_OVERHEAD = 128
+
+
+def check_strategy(strategy: str, instantiation: str) -> str:
+    """`strategy`, if it is one `instantiation` can run; a ValueError naming the options if not.
+
+    Example:
+        >>> check_strategy("sorted", "concatenation")
+        'sorted'
+        >>> check_strategy("sorted", "dot_product")
+        Traceback (most recent call last):
+        ...
+        ValueError: strategy='sorted' is invalid for dot_product: expected one of ('auto', 'associative', 'pairwise')
+    """  # noqa: E501
+    allowed = _ALLOWED[instantiation]
+    if strategy not in allowed:
+        raise ValueError(
+            f"strategy={strategy!r} is invalid for {instantiation}: expected one of {allowed}"
+        )
+    return strategy
+
+
+def choose_strategy(
+    instantiation: str, num_queries: int, num_keys: int, embed_dim: int, value_dim: int
+) -> str:
+    """The cost model behind ``strategy="auto"``.
+
+    - softmax: ``sdpa`` (fused kernels, memory linear in N); `softmax_attention` itself
+      falls back to ``chunked`` when every fused kernel refuses the inputs.
+    - dot product: ``associative`` when (N + N') d C' <= N N' (d + C'), i.e. unless the key
+      grid is tiny; otherwise ``pairwise``.
+    - concatenation: ``pairwise`` (one (B, N, N') scalar matrix and a matmul) while
+      N N' (C' + 2) is below `SORTED_OVERHEAD` (N + N') (log2 N' + C') - the sorted path's
+      sort, search, gathers and suffix sums are slow per operation; the constant is
+      calibrated on CPU, where the two cross near N = 1024, N' = 256, C' = 64 - and the
+      matrix stays under `PAIRWISE_LIMIT` elements; otherwise ``sorted``.
+
+    Example:
+        >>> choose_strategy("concatenation", 3136, 784, 256, 256)
+        'sorted'
+        >>> choose_strategy("dot_product", 4096, 1, 64, 64)
+        'pairwise'
+    """
+    n, m = num_queries, num_keys
+    if instantiation in ("gaussian", "embedded_gaussian"):
+        return "sdpa"
+    if instantiation == "dot_product":
+        return (
+            "associative"
+            if (n + m) * embed_dim * value_dim <= n * m * (embed_dim + value_dim)
+            else "pairwise"
+        )
+    pairwise_cost = n * m * (value_dim + 2)
+    sorted_cost = SORTED_OVERHEAD * (n + m) * (math.log2(max(m, 2)) + value_dim)
+    if pairwise_cost <= sorted_cost and n * m <= PAIRWISE_LIMIT:
+        return "pairwise"
+    return "sorted"
+
+
+def sorted_concatenation(a: Tensor, b: Tensor, g: Tensor, mask: Tensor | None = None) -> Tensor:
+    """sum_j ReLU(a_i + b_j) g_j for every i, exactly, without an N x N' matrix.
+
+    a: (B, N), b: (B, N'), g: (B, N', C'); mask (B, N') bool or None. Runs in at least
+    float32 (the suffix sums add N' terms). Gradients are those of the pairwise form
+    (ReLU'(0) = 0: keys with b_j = -a_i are excluded by the strict comparison).
+
+    Example:
+        >>> a = torch.tensor([[0.0, 1.0]]); b = torch.tensor([[-0.5, 0.5, 2.0]])
+        >>> sorted_concatenation(a, b, torch.ones(1, 3, 1))[..., 0]
+        tensor([[2.5000, 5.0000]])
+    """
+    out_dtype = g.dtype
+    work = torch.promote_types(g.dtype, torch.float32)
+    a, b, g = a.to(work), b.to(work), g.to(work)
+    if mask is not None:
+        g = g * mask[..., None].to(work)  # masked keys add nothing, wherever they sort
+    order = torch.argsort(b, dim=-1)
+    b_sorted = torch.gather(b, 1, order)
+    g_sorted = torch.gather(g, 1, order[..., None].expand_as(g))
+    # Suffix sums with a zero row at the end: G[k] = sum_{k' >= k} g_(k').
+    zero = g.new_zeros(g.shape[0], 1, g.shape[2])
+    parts = torch.cat([g_sorted, b_sorted[..., None] * g_sorted], dim=-1)
+    suffix = torch.cat([parts.flip(1).cumsum(1).flip(1), torch.cat([zero, zero], -1)], dim=1)
+    # t_i: the first sorted key with b_(k) > -a_i; keys from t_i on are the active ones.
+    start = torch.searchsorted(
+        b_sorted.detach().contiguous(), (-a).detach().contiguous(), right=True
+    )
+    picked = torch.gather(suffix, 1, start[..., None].expand(-1, -1, suffix.shape[-1]))
+    width = g.shape[-1]
+    y = a[..., None] * picked[..., :width] + picked[..., width:]
+    return y.to(out_dtype)
+
+
+def chunked_softmax(
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    scale: float,
+    mask: Tensor | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """softmax(scale theta phi^T) g over query chunks: exact, memory bounded by chunk x N'.
+
+    Used where no fused SDPA kernel accepts the inputs (e.g. very wide Gaussian features).
+    With gradients enabled each chunk is recomputed in backward (activation checkpointing),
+    so training memory stays bounded too. `mask` must give every item a valid key.
+
+    Example:
+        >>> t = torch.zeros(1, 5, 2); v = torch.arange(6.0).reshape(1, 3, 2)
+        >>> chunked_softmax(t, torch.zeros(1, 3, 2), v, 1.0, chunk=2)[0, -1]
+        tensor([2., 3.])
+    """
+    batch, n, _ = theta.shape
+    if chunk is None:
+        chunk = max(1, CHUNK_ELEMENTS // max(1, batch * phi.shape[1]))
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=theta.dtype, device=theta.device)
+        bias = bias.masked_fill(~mask, float("-inf"))[:, None, :]
+
+    def block(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        logits = scale * (q @ k.transpose(1, 2))
+        if bias is not None:
+            logits = logits + bias
+        return torch.softmax(logits, dim=-1).to(v.dtype) @ v
+
+    outs = []
+    for start in range(0, n, chunk):
+        q = theta[:, start : start + chunk]
+        if torch.is_grad_enabled() and (q.requires_grad or phi.requires_grad or g.requires_grad):
+            outs.append(checkpoint(block, q, phi, g, use_reentrant=False))
+        else:
+            outs.append(block(q, phi, g))
+    return torch.cat(outs, dim=1)
