@@ -7,7 +7,7 @@ carried in float32 arrays (every bfloat16 number is exactly a float32 number).
 
 Example:
     >>> import numpy as np
-    >>> cast(np.array([1.0 + 2.0**-9, 1.0 + 3 * 2.0**-9]), "bfloat16").tolist()
+    >>> cast(np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8]), "bfloat16").tolist()  # ties to even
     [1.0, 1.015625]
     >>> unit_roundoff("float32") == 2.0**-24
     True

@@ -127,3 +127,20 @@ def test_query_without_valid_key_gets_zero_aggregate(conformance_suite: Suite):
         assert_within(z, ref.z, SAFETY * ref.err_z, "z (batch element with no valid key)")
 
     suite.check(suite.cases(key_mask=True, training=False), body)
+
+
+def test_training_with_one_value_per_channel_matches_reference(conformance_suite: Suite):
+    """B N = 1 in training: the batch variance is 0, so BN gives beta (z = beta + x)."""
+    suite = conformance_suite
+    suite.require(training=True, norm="batch")
+
+    def body(case):
+        ref = suite.reference(case)
+        assert_within(suite.forward(case).z, ref.z, SAFETY * ref.err_z, "z (training, B N = 1)")
+
+    suite.check(
+        suite.cases(
+            training=True, max_batch=1, unit_extent=True, key_mask=False, context=False
+        ).filter(lambda c: c.config.norm == "batch"),
+        body,
+    )
