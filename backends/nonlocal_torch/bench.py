@@ -1,0 +1,350 @@
+"""Benchmarks: our block against a naive materialising block of the same math.
+
+    python -m nonlocal_torch.bench --mode smoke            # CI: tiny sizes, seconds
+    python -m nonlocal_torch.bench --mode full             # CPU sweep up to N = 16384
+    python -m nonlocal_torch.bench --mode full --device cuda   # + the six anchor cases
+
+Time is the median over repeats after warm-up (CUDA events on a GPU); peak memory is what
+the run allocates above its inputs and weights (``torch.cuda.max_memory_allocated`` on a
+GPU, the profiler's allocation log on the CPU). Prints tables, writes ``bench.json`` and a
+log-log plot ``bench.png`` (time and memory against N) into ``--out``. There are no timing
+assertions anywhere: numbers are for reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .block import NonLocalBlock
+
+MIB = 2**20
+IMPLS = ("ours", "naive")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark shape: B x C x (*S), an instantiation, pooled keys or not."""
+
+    name: str
+    instantiation: str
+    batch: int
+    channels: int
+    spatial: tuple[int, ...]
+    subsample: bool = False
+    backward: bool = False
+
+    @property
+    def num_queries(self) -> int:
+        return math.prod(self.spatial)
+
+    @property
+    def num_keys(self) -> int:
+        if not self.subsample:
+            return self.num_queries
+        window = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}[len(self.spatial)]
+        return math.prod(s // w for s, w in zip(self.spatial, window))
+
+
+def anchor_cases() -> list[Case]:
+    """The six end-to-end cases of the anchors table (shared/notes/anchors.md)."""
+    rows = [
+        ("8x512x8x28x28 pooled", 8, 512, (8, 28, 28), True, False),
+        ("8x1024x8x14x14 pooled", 8, 1024, (8, 14, 14), True, False),
+        ("2x512x1x128x128", 2, 512, (1, 128, 128), False, False),
+        ("1x512x16x56x56", 1, 512, (16, 56, 56), False, False),
+        ("1x512x16x56x56 fwd+bwd", 1, 512, (16, 56, 56), False, True),
+        ("1x256x32x112x112", 1, 256, (32, 112, 112), False, False),
+    ]
+    return [
+        Case(name, inst, b, c, s, sub, bwd)
+        for name, b, c, s, sub, bwd in rows
+        for inst in ("embedded_gaussian", "dot_product", "concatenation")
+    ]
+
+
+def sweep_cases(sides: list[int], channels: int, backward: bool) -> list[Case]:
+    """N = side^2 positions, N' = N keys, every instantiation."""
+    return [
+        Case(f"sweep N={side * side}", inst, 1, channels, (side, side), False, backward)
+        for inst in ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+        for side in sides
+    ]
+
+
+# The naive block: the same weights and math, with the N x N' matrix (and, for
+# concatenation, the B x 2C' x N x N' tensor) built the way earlier implementations do.
+
+
+def naive_forward(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
+    """z computed by materialising the pairwise matrix (channels_first, no mask/context).
+
+    Example:
+        >>> block = NonLocalBlock(4, spatial_dims=1, instantiation="concatenation").eval()
+        >>> x = torch.randn(2, 4, 6)
+        >>> bool(torch.allclose(naive_forward(block, x), block(x), atol=1e-6))
+        True
+    """
+    cfg = block.config
+    theta = x if block.theta is None else block.theta(x)
+    phi, g = block._keys_and_values(x)
+    batch, n, m = x.shape[0], theta[0, 0].numel(), phi[0, 0].numel()
+    t = theta.flatten(2).transpose(1, 2)  # (B, N, d), a strided view as in those codes
+    values = g.flatten(2).transpose(1, 2)
+    if cfg.instantiation == "concatenation":
+        w = block.concat.weight[0]
+        half = w.shape[0] // 2
+        pairs = torch.cat(
+            [
+                theta.flatten(2)[:, :, :, None].expand(-1, -1, -1, m),
+                phi.flatten(2)[:, :, None, :].expand(-1, -1, n, -1),
+            ],
+            dim=1,
+        )  # B x 2C' x N x N'
+        f = torch.relu(F.conv2d(pairs, w.view(1, 2 * half, 1, 1).to(pairs.dtype)))[:, 0]
+        attention = f / m
+    else:
+        f = t @ phi.flatten(2)
+        attention = torch.softmax(cfg.scale * f, -1) if cfg.is_softmax else f / m
+    y = (attention.to(values.dtype) @ values).transpose(1, 2)
+    u = block.out(y.reshape(batch, -1, *x.shape[2:]))
+    if block.norm is not None:
+        u = block.norm(u)
+    return u + x if cfg.residual else u
+
+
+def naive_bytes(case: Case, itemsize: int) -> int:
+    """What the naive block's largest tensors need (the N x N' matrix, and B x 2C' x N x N')."""
+    pairwise = case.batch * case.num_queries * case.num_keys * itemsize
+    if case.instantiation == "concatenation":
+        return pairwise * (case.channels + 2)  # 2C' = C channels, plus f and a
+    return pairwise * 3
+
+
+# Measuring -----------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_ms(fn: Callable[[], None], device: str, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def _peak_mib(fn: Callable[[], None], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / MIB
+    # CPU: the profiler logs every allocation with the running total since it started.
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as handle:
+            events = json.load(handle)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max([0, *totals]) / MIB
+
+
+def run_case(
+    case: Case, impl: str, dtype: str, device: str, warmup: int, repeats: int, naive_limit: float
+) -> dict:
+    """One measurement row: time_ms, peak_mib and status ('ok', 'oom' or 'skipped: ...')."""
+    row = {**dataclasses.asdict(case), "impl": impl, "dtype": dtype, "device": device}
+    row.update(N=case.num_queries, N_keys=case.num_keys, time_ms=None, peak_mib=None)
+    itemsize = 2 if dtype == "bfloat16" else 4
+    if impl == "naive" and naive_bytes(case, itemsize) > naive_limit * 2**30:
+        need = naive_bytes(case, itemsize) / 2**30
+        row["status"] = f"skipped: needs ~{need:.1f} GiB (limit {naive_limit} GiB)"
+        return row
+    torch.manual_seed(0)
+    block = NonLocalBlock(
+        case.channels,
+        spatial_dims=len(case.spatial),
+        instantiation=case.instantiation,
+        subsample=case.subsample,
+        device=device,
+    ).train(case.backward)
+    x = torch.randn(case.batch, case.channels, *case.spatial, device=device)
+    x.requires_grad_(case.backward)
+    forward = block if impl == "ours" else (lambda t: naive_forward(block, t))
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def step() -> None:
+        with autocast, torch.set_grad_enabled(case.backward):
+            z = forward(x)
+        if case.backward:
+            z.float().square().mean().backward()
+            block.zero_grad(set_to_none=True)
+            x.grad = None
+
+    try:
+        row["time_ms"] = round(_time_ms(step, device, warmup, repeats), 4)
+        row["peak_mib"] = round(_peak_mib(step, device), 2)
+        row["status"] = "ok"
+    except torch.OutOfMemoryError:
+        row["status"] = "oom"
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+# Reporting -----------------------------------------------------------------------------------
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table, one line per case, ours and naive side by side."""
+    columns = ["case", "instantiation", "pass", "dtype", "N", "N'"]
+    columns += ["ours ms", "ours MiB", "naive ms", "naive MiB"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["name"], r["instantiation"], r["backward"], r["dtype"], r["N"], r["N_keys"])
+        keyed.setdefault(key, {})[r["impl"]] = r
+
+    def cell(r: dict | None, field: str) -> str:
+        if r is None:
+            return "-"
+        if r["status"] != "ok":
+            return "OOM" if r["status"] == "oom" else "skip"
+        return f"{r[field]:.3g}"
+
+    for (name, inst, bwd, dtype, n, m), impls in keyed.items():
+        ours, naive = impls.get("ours"), impls.get("naive")
+        pass_ = "fwd+bwd" if bwd else "fwd"
+        lines.append(
+            f"| {name} | {inst} | {pass_} | {dtype} | {n} | {m} | {cell(ours, 'time_ms')} | "
+            f"{cell(ours, 'peak_mib')} | {cell(naive, 'time_ms')} | {cell(naive, 'peak_mib')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Log-log time and peak memory against N for the sweep rows, with the N x N' size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = [r for r in rows if r["name"].startswith("sweep") and r["status"] == "ok"]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
+    series: dict[tuple, list[dict]] = {}
+    for r in sweep:
+        series.setdefault((r["instantiation"], r["impl"], r["dtype"], r["backward"]), []).append(r)
+    for (inst, impl, dtype, bwd), rs in sorted(series.items()):
+        rs.sort(key=lambda r: r["N"])
+        label = f"{inst} {impl} {dtype}{' fwd+bwd' if bwd else ''}"
+        style = "-" if impl == "ours" else "--"
+        ax_t.plot([r["N"] for r in rs], [r["time_ms"] for r in rs], style, marker="o", label=label)
+        ax_m.plot([r["N"] for r in rs], [max(r["peak_mib"], 1e-3) for r in rs], style, marker="o")
+    ns = sorted({r["N"] for r in sweep})
+    if ns:
+        ax_m.plot(ns, [n * n * 4 / MIB for n in ns], ":", color="black", label="N x N' float32")
+    for ax, title in ((ax_t, "time (ms, median)"), (ax_m, "peak memory (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N (= N')")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=6)
+    ax_m.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the JSON document it writes."""
+    parser = argparse.ArgumentParser(prog="python -m nonlocal_torch.bench", description=__doc__)
+    parser.add_argument("--mode", choices=("smoke", "full"), default="smoke")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for JSON and PNG")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--naive-limit-gib", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    smoke = args.mode == "smoke"
+    if smoke:
+        cases = sweep_cases([4, 8], 8, False) + sweep_cases([8], 8, True)
+        warmup, repeats = 1, 2
+    elif args.device == "cuda":
+        cases = anchor_cases() + sweep_cases([32, 64, 128, 256], 256, False)
+        warmup, repeats = 5, 20
+    else:
+        cases = sweep_cases([16, 32, 64, 128], 64, False) + sweep_cases([16, 32, 64], 64, True)
+        warmup, repeats = 1, 5
+    limit = args.naive_limit_gib or (40.0 if args.device == "cuda" else 4.0)
+    rows = []
+    for dtype in args.dtypes.split(","):
+        for case in cases:
+            for impl in IMPLS:
+                row = run_case(case, impl, dtype, args.device, warmup, repeats, limit)
+                rows.append(row)
+                print(
+                    f"{case.name:28s} {case.instantiation:18s} {impl:5s} {dtype:8s} "
+                    f"{'fwd+bwd' if case.backward else 'fwd':7s} "
+                    f"{row['time_ms']} ms {row['peak_mib']} MiB {row['status']}",
+                    flush=True,
+                )
+    doc = {
+        "mode": args.mode,
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(doc, indent=1))
+    (out / "bench.md").write_text(table(rows) + "\n")
+    plot(rows, out / "bench.png")
+    print(table(rows))
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
