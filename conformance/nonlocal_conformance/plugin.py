@@ -99,13 +99,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def find_vectors(config: pytest.Config) -> Path | None:
-    """The golden-vector directory: --vectors, $NONLOCAL_VECTORS, or a checkout's spec/vectors."""
+    """The golden vectors: --vectors, $NONLOCAL_VECTORS, spec/vectors, or the package's copy."""
     explicit = config.getoption("vectors") or os.environ.get(VECTORS_ENV_VAR)
     if explicit:
         return Path(explicit)
     for candidate in (
         Path(config.rootpath) / "spec" / "vectors",
-        Path(__file__).resolve().parents[2] / "spec" / "vectors",
+        Path(__file__).resolve().parents[2] / "spec" / "vectors",  # an editable checkout
+        Path(__file__).resolve().parent / "vectors",  # vectors shipped inside the package
     ):
         if (candidate / "index.json").is_file():
             return candidate
