@@ -168,3 +168,20 @@ def test_summary_exits_non_zero_for_an_unreadable_report(tmp_path):
     broken = tmp_path / "x.json"
     broken.write_text("{")
     assert summary.main([str(broken)]) == 1
+
+
+def test_entry_point_group_names_a_third_party_backend(monkeypatch):
+    from importlib import metadata
+
+    ep = metadata.EntryPoint(
+        name="thirdparty",
+        value="nonlocal_conformance.mutants:MaskIgnored",
+        group=backends.ENTRY_POINT_GROUP,
+    )
+    monkeypatch.setattr(
+        backends.metadata,
+        "entry_points",
+        lambda group: [ep] if group == backends.ENTRY_POINT_GROUP else [],
+    )
+    assert backends.known_backends()["thirdparty"] == ep.value
+    assert type(load_adapter("thirdparty")).__name__ == "MaskIgnored"
