@@ -25,6 +25,7 @@ from .strategies import check_strategy
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 # Canonical norm names -> nn.BatchNorm attribute names.
 _NORM_NAMES = {
     "gamma": "weight",
@@ -246,6 +247,27 @@ class NonLocalBlock(nn.Module):
         phi = self._pool(ctx) if self.phi is None else self._pool(self.phi(ctx))
         return phi, self._pool(self.g(ctx))
 
+    def _fusable(self, context: Tensor | None) -> bool:
+        """theta, phi and g all project x itself (self-attention, pooling after projection)."""
+        return (
+            context is None
+            and self.theta is not None
+            and (self.config.subsample is None or self.config.pool_position == "after_projection")
+        )
+
+    def _project_together(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """theta(x), pooled phi(x) and g(x) from one 1x1 convolution: x is read once.
+
+        The stacked kernel is rebuilt from the three modules' parameters on every call (a
+        few KiB), so state_dict, optimisers and DDP see the usual separate parameters.
+        """
+        modules = (self.theta, self.phi, self.g)
+        weight = torch.cat([m.weight for m in modules])
+        bias = torch.cat([m.bias for m in modules])
+        out = _CONV_FN[self.config.spatial_dims](x, weight, bias)
+        theta, phi, g = out.split([m.out_channels for m in modules], dim=1)
+        return theta, self._pool(phi), self._pool(g)
+
     def _normalise(self, u: Tensor) -> Tensor:
         """BN(u). With one value per channel, batch statistics give u - mean = 0, so
         BN(u) = beta (spec); nn.BatchNorm refuses that case in training, so it is done here,
@@ -295,8 +317,11 @@ class NonLocalBlock(nn.Module):
         x_cf = x.movedim(-1, 1) if channels_last else x
         ctx_cf = x_cf if context is None else (context.movedim(-1, 1) if channels_last else context)
 
-        theta = x_cf if self.theta is None else self.theta(x_cf)
-        phi, g = self._keys_and_values(ctx_cf)
+        if self._fusable(context):
+            theta, phi, g = self._project_together(x_cf)
+        else:
+            theta = x_cf if self.theta is None else self.theta(x_cf)
+            phi, g = self._keys_and_values(ctx_cf)
         mask = None if key_mask is None else key_mask.reshape(key_mask.shape[0], -1)
         y, attention = nonlocal_attention(
             _positions(theta),

@@ -165,21 +165,17 @@ class _LargestTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 def test_no_pairwise_tensor_on_common_path(instantiation):
-    batch, c, side = 2, 16, 12  # C' = 8, N = N' = 144
+    batch, c, side = 2, 16, 24  # C' = 8, N = N' = 576
     block = NonLocal2d(c, instantiation=instantiation)
     x = torch.randn(batch, c, side, side, requires_grad=True)
     mask = torch.rand(batch, side, side) > 0.2
     n = side * side
     with _LargestTensor() as probe:
         block(x, key_mask=mask).square().sum().backward()
-    concat_tensor = batch * 2 * block.config.inter_channels * n * n  # what others build
-    pairwise = batch * n * n
-    assert probe.largest < concat_tensor
-    if instantiation == "concatenation":
-        assert probe.largest <= pairwise  # one (B, N, N') scalar matrix at most
-    else:
-        # Softmax through SDPA (fused CPU kernel) and the associative dot product: linear in N.
-        assert probe.largest < pairwise // 8, probe.largest
+    # Softmax through SDPA (fused CPU kernel), the associative dot product and (at this
+    # size, by the cost model) the sorted concatenation: nothing beyond a few activations.
+    activations = batch * n * c
+    assert probe.largest <= 4 * activations < batch * n * n // 8, probe.largest
 
 
 def test_return_attention_materialises_only_what_it_returns():
