@@ -9,6 +9,7 @@ from ..vectors import VectorCase
 
 
 def test_golden_vector_is_reproduced(conformance_suite: Suite, golden_vector: VectorCase):
+    # spec: VEC-1 NUM-1
     suite = conformance_suite
     vec = golden_vector
     suite.require(

@@ -1,5 +1,5 @@
 """Invalid inputs raise a clear error (ValueError/TypeError naming the argument) instead of
-returning numbers."""
+returning numbers (spec: ERR-1)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def _spatial(case: Case, a: np.ndarray) -> tuple[int, ...]:
 
 
 def test_input_of_wrong_rank_is_rejected(conformance_suite: Suite):
+    # spec: ERR-1
     suite = conformance_suite
     suite.require(input_errors=True)
 
@@ -88,6 +89,7 @@ def test_context_of_wrong_shape_is_rejected(conformance_suite: Suite):
 
 
 def test_subsample_window_larger_than_extent_is_rejected(conformance_suite: Suite):
+    # spec: POOL-2
     suite = conformance_suite
     suite.require(input_errors=True)
 
@@ -108,6 +110,7 @@ def test_subsample_window_larger_than_extent_is_rejected(conformance_suite: Suit
 
 
 def test_mismatched_weights_are_rejected(conformance_suite: Suite):
+    # spec: W-1
     suite = conformance_suite
     suite.require(input_errors=True)
 
@@ -127,5 +130,50 @@ def test_mismatched_weights_are_rejected(conformance_suite: Suite):
             assert mentioned in str(info.value), (
                 f"the error for a {label} weight does not name {mentioned!r}: {info.value}"
             )
+        if "norm.running_var" in shapes:
+            negative = {
+                **case.weights,
+                "norm.running_var": -np.abs(case.weights["norm.running_var"]),
+            }
+            with pytest.raises(ERRORS) as info:
+                suite.build(case, negative)
+            assert "norm.running_var" in str(info.value), (
+                f"the error for a negative running variance does not name it: {info.value}"
+            )
 
     suite.check(suite.cases(), body)
+
+
+def test_empty_batch_or_extent_is_rejected(conformance_suite: Suite):
+    suite = conformance_suite
+    suite.require(input_errors=True)
+
+    def body(case: Case):
+        _rejects(suite, case, ("x",), x=case.x[:0])
+        cfg = case.config
+        extent = list(_spatial(case, case.x))
+        extent[0] = 0
+        shape = feature_shape(cfg, case.x.shape[0], extent, cfg.in_channels)
+        _rejects(suite, case, ("x",), x=np.zeros(shape, case.x.dtype))
+
+    suite.check(suite.cases(context=False, key_mask=False), body)
+
+
+def test_non_boolean_key_mask_is_rejected(conformance_suite: Suite):
+    suite = conformance_suite
+    suite.require(input_errors=True, key_mask=True)
+
+    def body(case: Case):
+        _rejects(suite, case, ("key_mask",), key_mask=case.key_mask.astype(np.float32))
+
+    suite.check(suite.cases(key_mask=True), body)
+
+
+def test_non_real_input_dtype_is_rejected(conformance_suite: Suite):
+    suite = conformance_suite
+    suite.require(input_errors=True)
+
+    def body(case: Case):
+        _rejects(suite, case, ("x",), x=case.x.astype(np.complex64))
+
+    suite.check(suite.cases(key_mask=False), body)

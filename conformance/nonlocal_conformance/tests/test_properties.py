@@ -22,6 +22,7 @@ def _f64(a) -> np.ndarray:
 def test_block_is_the_identity_at_initialisation(conformance_suite: Suite, instantiation):
     """With the spec's initial weights (BN gamma = beta = 0, or W_z = 0 without a norm),
     z = x exactly: 0 * finite = 0 and x + 0 = x in every dtype."""
+    # spec: INIT-1
     suite = conformance_suite
     suite.require(instantiation=instantiation)
 
@@ -51,6 +52,7 @@ def _other_layout(case: Case) -> Case:
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 def test_channels_last_equals_channels_first(conformance_suite: Suite, instantiation):
+    # spec: IO-1
     suite = conformance_suite
     suite.require(instantiation=instantiation)
     for fmt in ("channels_first", "channels_last"):
@@ -79,6 +81,7 @@ def test_channels_last_equals_channels_first(conformance_suite: Suite, instantia
 def test_batch_elements_are_independent_in_inference(conformance_suite: Suite, instantiation):
     """In inference, element b of a batch gives what it gives alone (no batch statistics,
     no keys from other elements)."""
+    # spec: OP-3
     suite = conformance_suite
     suite.require(instantiation=instantiation)
 
@@ -117,6 +120,7 @@ def _permute_positions(a: np.ndarray, perm: np.ndarray, channels_first: bool) ->
 def test_output_is_equivariant_to_position_permutations(conformance_suite: Suite, instantiation):
     """Without pooling, permuting query positions permutes z the same way, and permuting
     key positions (with their mask entries) changes nothing."""
+    # spec: OP-1 IO-1
     suite = conformance_suite
     suite.require(instantiation=instantiation)
 
@@ -155,6 +159,7 @@ def test_output_is_equivariant_to_position_permutations(conformance_suite: Suite
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 def test_context_equal_to_input_equals_no_context(conformance_suite: Suite, instantiation):
+    # spec: OP-2
     suite = conformance_suite
     suite.require(instantiation=instantiation, context=True)
 

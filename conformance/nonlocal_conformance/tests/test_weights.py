@@ -15,6 +15,7 @@ from ..suite import Suite
 def test_exported_weights_equal_the_built_weights_bit_for_bit(
     conformance_suite: Suite, instantiation
 ):
+    # spec: W-1 W-2
     suite = conformance_suite
     suite.require(instantiation=instantiation)
 
