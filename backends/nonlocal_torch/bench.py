@@ -269,12 +269,19 @@ def plot(rows: list[dict], path: Path) -> None:
     series: dict[tuple, list[dict]] = {}
     for r in sweep:
         series.setdefault((r["instantiation"], r["impl"], r["dtype"], r["backward"]), []).append(r)
+    colours = dict(zip(("gaussian", "embedded_gaussian", "dot_product", "concatenation"), "bgrm"))
     for (inst, impl, dtype, bwd), rs in sorted(series.items()):
         rs.sort(key=lambda r: r["N"])
         label = f"{inst} {impl} {dtype}{' fwd+bwd' if bwd else ''}"
-        style = "-" if impl == "ours" else "--"
-        ax_t.plot([r["N"] for r in rs], [r["time_ms"] for r in rs], style, marker="o", label=label)
-        ax_m.plot([r["N"] for r in rs], [max(r["peak_mib"], 1e-3) for r in rs], style, marker="o")
+        style = {
+            "color": colours[inst],
+            "linestyle": "-" if impl == "ours" else "--",
+            "marker": "s" if bwd else "o",
+            "alpha": 0.6 if dtype == "bfloat16" else 1.0,
+        }
+        ns = [r["N"] for r in rs]
+        ax_t.plot(ns, [r["time_ms"] for r in rs], label=label, **style)
+        ax_m.plot(ns, [max(r["peak_mib"], 1e-3) for r in rs], **style)
     ns = sorted({r["N"] for r in sweep})
     if ns:
         ax_m.plot(ns, [n * n * 4 / MIB for n in ns], ":", color="black", label="N x N' float32")
@@ -282,7 +289,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("N (= N')")
-        ax.set_title(title)
+        ax.set_title(f"{title}: ours solid, naive dashed")
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=6)
     ax_m.legend(fontsize=6)
