@@ -21,13 +21,13 @@ EXTENTS = {1: (7,), 2: (5, 6), 3: (3, 4, 5)}
 
 
 @pytest.fixture(params=DEVICES)
-def device(request) -> str:
+def device(request):
     """Each test using it runs on the CPU, and on CUDA when a GPU is present."""
-    if request.param == "cuda":
-        # Stated TF32 policy: tests compare float32 to float32 tolerances, so TF32 is off.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    return request.param
+    # Stated TF32 policy: tests compare float32 to float32 tolerances, so TF32 is off.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield request.param
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def make_case(config: NonLocalConfig, *, context=False, mask=False, seed=0, batch=2):
