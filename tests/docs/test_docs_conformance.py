@@ -90,3 +90,22 @@ def test_the_documented_adapter_passes_the_suite(tmp_path):
     skipped = [t for t in data["tests"] if t["outcome"] == "skipped"]
     assert skipped, "the example declares partial support: something must be skipped"
     assert all("not supported" in t["detail"] for t in skipped), skipped[:3]
+
+
+def test_option_table_matches_spec_conformance():
+    spec = (ROOT / "spec" / "conformance.md").read_text(encoding="utf-8")
+    theirs = {re.match(r"`(--[a-z-]+)", row[0])[1] for row in table(section(spec, "1. Running it"))}
+    ours = {row[0].strip("`") for row in table(section(PAGE, "Options"))}
+    assert ours == theirs
+
+
+@needs_suite
+def test_every_check_named_on_the_page_exists():
+    tests = ROOT / "conformance" / "nonlocal_conformance" / "tests"
+    defined = set()
+    for path in tests.glob("test_*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    named = set(re.findall(r"`(test_[a-z_]+)`", section(PAGE, "What it checks")))
+    assert len(named) >= 15
+    assert sorted(named - defined) == [], "the page names checks the suite does not have"
