@@ -132,17 +132,16 @@ def make_case(
     )
 
 
-def _pick(draw, fixed, allowed, name: str):
+def _pick(draw, fixed, allowed):
     if fixed is not None:
         return fixed
     return draw(st.sampled_from(sorted(allowed, key=lambda v: (v is None, str(v)))))
 
 
 @st.composite
-def extents(draw, dims: int, at_least: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """A spatial extent of rank `dims`, each axis in [at_least, MAX_EXTENT[dims]]."""
-    low = at_least or (1,) * dims
-    return tuple(draw(st.integers(lo, max(lo, MAX_EXTENT[dims]))) for lo in low)
+def extents(draw, dims: int) -> tuple[int, ...]:
+    """A spatial extent of rank `dims`, each axis in [1, MAX_EXTENT[dims]]."""
+    return tuple(draw(st.integers(1, MAX_EXTENT[dims])) for _ in range(dims))
 
 
 @st.composite
@@ -164,9 +163,9 @@ def cases(
 ) -> Case:
     """A `Case` the adapter's capabilities allow; keyword arguments fix a feature (True/False)
     or leave it drawn (None)."""
-    inst = _pick(draw, instantiation, caps.instantiations, "instantiation")
-    dims = _pick(draw, spatial_dims, caps.spatial_dims, "spatial_dims")
-    fmt = _pick(draw, data_format, caps.data_formats, "data_format")
+    inst = _pick(draw, instantiation, caps.instantiations)
+    dims = _pick(draw, spatial_dims, caps.spatial_dims)
+    fmt = _pick(draw, data_format, caps.data_formats)
     # Left open (None), an option is drawn only where the adapter declares it.
     use_context = (caps.context and draw(st.booleans())) if context is None else context
     use_mask = (caps.key_mask and draw(st.booleans())) if key_mask is None else key_mask
@@ -190,8 +189,8 @@ def cases(
         inter_channels=draw(st.one_of(st.none(), st.integers(1, MAX_CHANNELS))),
         context_channels=ctx_c,
         subsample=subsample,
-        pool_position=_pick(draw, None, caps.pool_positions, "pool_position"),
-        norm=_pick(draw, None, caps.norms, "norm"),
+        pool_position=_pick(draw, None, caps.pool_positions),
+        norm=_pick(draw, None, caps.norms),
         norm_eps=draw(st.sampled_from([1e-5, 1.0000001e-5, 1e-3])),
         residual=draw(st.booleans()) if residual is None else residual,
         data_format=fmt,
