@@ -9,8 +9,18 @@ settings, then the columns ``case, pass, formulation, ms, peak_mib, status`` (``
 ``ok``, ``out of memory`` or ``not measured``). The outputs are ``NAME.svg`` beside it (time
 and peak memory per case, log scale, one bar per formulation) and
 ``docs/_snippets/perf-NAME.md`` (one row per case, one column per formulation, cells
-``ms / MiB``), which ``docs/performance.md`` includes. Plots are written deterministically
-(no dates, fixed SVG ids), so ``--check`` can compare bytes.
+``ms / MiB``), which ``docs/performance.md`` includes.
+
+Each ``docs/assets/perf/NAME.bench.json`` is a document written by
+``python -m nonlocal_torch.bench`` (kept as it was, plus a ``machine`` line added by
+``--import``); its sweep rows become ``NAME.svg`` (time and memory against N, log-log, ours
+solid, naive dashed) and ``docs/_snippets/perf-NAME.md`` (ours against naive per case):
+
+    python scripts/plot_benchmarks.py --import benchmarks/results/bench.json \
+        --name cpu-sweep --machine "2-core x86-64 VM, 1 thread, torch 2.13.0+cpu"
+
+Plots are written deterministically (no dates, fixed SVG ids), so ``--check`` can compare
+bytes.
 
 Example:
     >>> rows = [Row("a", "forward", "f", 1.5, 10.0, "ok"), Row("a", "forward", "g", None, None,
@@ -27,6 +37,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -140,6 +151,114 @@ def plot(title: str, rows: list[Row]) -> str:
     return buffer.getvalue()
 
 
+def bench_table(doc: dict) -> str:
+    """Sweep rows of a bench document as Markdown: ours against naive, per case.
+
+    Example:
+        >>> row = {"name": "sweep N=16", "instantiation": "dot_product", "backward": False,
+        ...        "dtype": "float32", "N": 16, "N_keys": 16, "status": "ok"}
+        >>> doc = {"rows": [{**row, "impl": "ours", "time_ms": 1.0, "peak_mib": 2.0},
+        ...                 {**row, "impl": "naive", "time_ms": 3.0, "peak_mib": 8.0}]}
+        >>> print(bench_table(doc).splitlines()[2])
+        | dot_product | fwd | float32 | 16 | 16 | 1 / 2 | 3 / 8 | 3x | 4x |
+    """
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in doc["rows"]:
+        if r["name"].startswith("sweep"):
+            key = (r["instantiation"], r["backward"], r["dtype"], r["N"], r["N_keys"])
+            keyed.setdefault(key, {})[r["impl"]] = r
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        if r["status"] != "ok":
+            return "out of memory" if r["status"] == "oom" else "not run"
+        return f"{r['time_ms']:.3g} / {r['peak_mib']:.3g}"
+
+    def ratio(r: dict | None, ours: dict | None, field: str) -> str:
+        if not (r and ours and r["status"] == ours["status"] == "ok" and ours[field] > 0):
+            return "-"
+        return f"{r[field] / ours[field]:.2g}x"
+
+    lines = [
+        "| instantiation | pass | dtype | N | N' | ours ms / MiB | naive ms / MiB "
+        "| naive / ours time | naive / ours memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (inst, bwd, dtype, n, m), impls in sorted(keyed.items(), key=lambda kv: kv[0]):
+        ours, naive = impls.get("ours"), impls.get("naive")
+        lines.append(
+            f"| {inst} | {'fwd+bwd' if bwd else 'fwd'} | {dtype} | {n} | {m} | {cell(ours)} | "
+            f"{cell(naive)} | {ratio(naive, ours, 'time_ms')} | "
+            f"{ratio(naive, ours, 'peak_mib')} |"
+        )
+    return "\n".join(lines)
+
+
+def bench_plot(doc: dict) -> str:
+    """Log-log time and peak memory against N for a bench document's sweep, as SVG text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams.update({"svg.hashsalt": "nonlocal-block", "svg.fonttype": "none"})
+    rows = [r for r in doc["rows"] if r["name"].startswith("sweep") and r["status"] == "ok"]
+    series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["instantiation"], r["impl"], r["backward"], r["dtype"]), []).append(r)
+    order = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for (inst, impl, backward, dtype), rs in sorted(series.items(), key=lambda kv: str(kv[0])):
+        rs.sort(key=lambda r: r["N"])
+        style = {
+            "color": f"C{order.index(inst)}",
+            "linestyle": "-" if impl == "ours" else "--",
+            "marker": "s" if backward else "o",
+        }
+        extras = [x for x in ("fwd+bwd" if backward else "", dtype) if x and x != "float32"]
+        label = ", ".join([inst, impl, *extras])
+        ns = [r["N"] for r in rs]
+        axes[0].plot(ns, [r["time_ms"] for r in rs], label=label, **style)
+        axes[1].plot(ns, [max(r["peak_mib"], 1e-3) for r in rs], **style)
+    for axis, title in ((axes[0], "time (ms, median)"), (axes[1], "peak memory (MiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("N = N' (positions)")
+        axis.set_title(f"{title}: ours solid, naive dashed", fontsize=10)
+        axis.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(doc.get("machine", ""), fontsize=10)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def bench_outputs(json_path: Path) -> dict[Path, str]:
+    """What a ``NAME.bench.json`` renders to: {output path: text}."""
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    name = json_path.name.removesuffix(".bench.json")
+    header = (
+        f"<!-- generated from docs/assets/perf/{json_path.name} by "
+        f"scripts/plot_benchmarks.py -->\n*{doc['machine']}; ms (median) / peak MiB*\n\n"
+    )
+    return {
+        json_path.with_name(f"{name}.svg"): bench_plot(doc),
+        SNIPPETS / f"perf-{name}.md": header + bench_table(doc) + "\n",
+    }
+
+
+def import_bench(source: Path, name: str, machine: str) -> Path:
+    """Copy a bench document into docs/assets/perf as NAME.bench.json, adding `machine`."""
+    doc = json.loads(source.read_text(encoding="utf-8"))
+    doc["machine"] = machine
+    target = PERF / f"{name}.bench.json"
+    target.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
 def outputs(csv_path: Path) -> dict[Path, str]:
     """What `csv_path` renders to: {output path: text}."""
     title, rows = read(csv_path)
@@ -158,19 +277,30 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if an output is stale")
+    parser.add_argument("--import", dest="source", type=Path, help="a bench.json to add")
+    parser.add_argument("--name", help="with --import: the result's name, e.g. cpu-sweep")
+    parser.add_argument("--machine", help="with --import: the machine and settings, one line")
     args = parser.parse_args(argv)
+    if args.source is not None:
+        if not (args.name and args.machine):
+            parser.error("--import needs --name and --machine")
+        print(f"wrote {import_bench(args.source, args.name, args.machine).relative_to(ROOT)}")
     stale = []
+    rendered = {}
     for csv_path in sorted(PERF.glob("*.csv")):
-        for path, text in outputs(csv_path).items():
-            current = path.read_text(encoding="utf-8") if path.is_file() else None
-            if current == text:
-                continue
-            if args.check:
-                stale.append(path.relative_to(ROOT).as_posix())
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-                print(f"wrote {path.relative_to(ROOT)}")
+        rendered.update(outputs(csv_path))
+    for json_path in sorted(PERF.glob("*.bench.json")):
+        rendered.update(bench_outputs(json_path))
+    for path, text in rendered.items():
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(path.relative_to(ROOT).as_posix())
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
     if stale:
         print("stale (run python scripts/plot_benchmarks.py): " + ", ".join(stale))
         return 1

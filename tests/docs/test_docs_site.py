@@ -131,9 +131,14 @@ def test_performance_plots_and_tables_are_current():
     )
     assert result.returncode == 0, result.stdout
     page = (DOCS / "performance.md").read_text(encoding="utf-8")
-    for csv_path in sorted((DOCS / "assets" / "perf").glob("*.csv")):
-        assert f'--8<-- "docs/_snippets/perf-{csv_path.stem}.md"' in page
-        assert f"assets/perf/{csv_path.stem}.svg" in page
+    perf = DOCS / "assets" / "perf"
+    names = [p.stem for p in perf.glob("*.csv")]
+    names += [p.name.removesuffix(".bench.json") for p in perf.glob("*.bench.json")]
+    assert names, "the performance page has no results"
+    for name in names:
+        assert f'--8<-- "docs/_snippets/perf-{name}.md"' in page, name
+        assert f"assets/perf/{name}.svg" in page, name
+    for csv_path in perf.glob("*.csv"):
         title, rows = plot_benchmarks.read(csv_path)
         assert title and rows
 
