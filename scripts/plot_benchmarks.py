@@ -38,6 +38,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def plot(title: str, rows: list[Row]) -> str:
     return buffer.getvalue()
 
 
+INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+
+
+def _num(value: float) -> str:
+    """Three significant digits, without exponents: 0.245, 14.2, 4,445."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def bench_table(doc: dict) -> str:
     """Sweep rows of a bench document as Markdown: ours against naive, per case.
 
@@ -171,21 +180,27 @@ def bench_table(doc: dict) -> str:
     def cell(r: dict | None) -> str:
         if r is None:
             return "-"
+        if r["status"] == "oom":
+            return "out of memory"
         if r["status"] != "ok":
-            return "out of memory" if r["status"] == "oom" else "not run"
-        return f"{r['time_ms']:.3g} / {r['peak_mib']:.3g}"
+            need = re.search(r"needs ~([\d.]+ GiB)", r["status"])
+            return f"not run (needs {need[1]})" if need else "not run"
+        return f"{_num(r['time_ms'])} / {_num(r['peak_mib'])}"
 
     def ratio(r: dict | None, ours: dict | None, field: str) -> str:
         if not (r and ours and r["status"] == ours["status"] == "ok" and ours[field] > 0):
             return "-"
-        return f"{r[field] / ours[field]:.2g}x"
+        value = r[field] / ours[field]
+        return f"{value:.0f}x" if value >= 10 else f"{value:.2g}x"
 
     lines = [
         "| instantiation | pass | dtype | N | N' | ours ms / MiB | naive ms / MiB "
         "| naive / ours time | naive / ours memory |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (inst, bwd, dtype, n, m), impls in sorted(keyed.items(), key=lambda kv: kv[0]):
+    order = {name: k for k, name in enumerate(INSTANTIATIONS)}
+    ranked = sorted(keyed.items(), key=lambda kv: (order.get(kv[0][0], 9), *kv[0][1:]))
+    for (inst, bwd, dtype, n, m), impls in ranked:
         ours, naive = impls.get("ours"), impls.get("naive")
         lines.append(
             f"| {inst} | {'fwd+bwd' if bwd else 'fwd'} | {dtype} | {n} | {m} | {cell(ours)} | "
@@ -207,9 +222,10 @@ def bench_plot(doc: dict) -> str:
     series: dict[tuple, list[dict]] = {}
     for r in rows:
         series.setdefault((r["instantiation"], r["impl"], r["backward"], r["dtype"]), []).append(r)
-    order = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for (inst, impl, backward, dtype), rs in sorted(series.items(), key=lambda kv: str(kv[0])):
+    order = INSTANTIATIONS
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    ranked = sorted(series.items(), key=lambda kv: (order.index(kv[0][0]), *map(str, kv[0][1:])))
+    for (inst, impl, backward, dtype), rs in ranked:
         rs.sort(key=lambda r: r["N"])
         style = {
             "color": f"C{order.index(inst)}",
@@ -227,9 +243,10 @@ def bench_plot(doc: dict) -> str:
         axis.set_xlabel("N = N' (positions)")
         axis.set_title(f"{title}: ours solid, naive dashed", fontsize=10)
         axis.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(doc.get("machine", ""), fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle(doc.get("machine", ""), fontsize=9)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
