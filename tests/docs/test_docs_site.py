@@ -7,6 +7,7 @@ temporary directory; the browser check runs on it when Chromium is installed.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -207,7 +208,18 @@ def test_every_formula_renders_in_a_browser(site, tmp_path):
     assert shot.stat().st_size > 10_000  # a real screenshot, not an empty image
 
 
-@pytest.mark.parametrize("module", [check_docs_math, plot_benchmarks], ids=lambda m: m.__name__)
+def _griffe_hook():
+    spec = importlib.util.spec_from_file_location(
+        "griffe_examples", DOCS / "_hooks" / "griffe_examples.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "module", [check_docs_math, plot_benchmarks, _griffe_hook()], ids=lambda m: m.__name__
+)
 def test_script_docstring_examples(module):
     import doctest
 
