@@ -67,12 +67,16 @@ class _Backward:
         if window is None:
             return upstream.reshape(source.shape)
         windows = pool_windows(source, window)
-        if self.mode == _PERTURBED and err is not None:
-            err_w = pool_windows(err, window).max(axis=-1, keepdims=True)
+        if self.mode == _PERTURBED:
+            # Every entry within rounding of the maximum (exact ties included: low-precision
+            # inputs repeat values) may receive the gradient. Weighting ambiguous windows
+            # twice makes M1 - M0 cover both the reference's route and the other one.
+            err_w = 0.0 if err is None else pool_windows(err, window).max(axis=-1, keepdims=True)
             hit = windows >= windows.max(axis=-1, keepdims=True) - 2 * err_w
-        else:
-            hit = np.zeros(windows.shape, dtype=bool)
-            np.put_along_axis(hit, windows.argmax(axis=-1)[..., None], True, axis=-1)
+            weight = np.where(hit.sum(axis=-1, keepdims=True) > 1, 2.0, 1.0)
+            return unpool_windows(hit * weight * upstream[..., None], source.shape, window)
+        hit = np.zeros(windows.shape, dtype=bool)
+        np.put_along_axis(hit, windows.argmax(axis=-1)[..., None], True, axis=-1)
         return unpool_windows(hit * upstream[..., None], source.shape, window)
 
     def run(self, cotangent_flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,7 +147,10 @@ class _Backward:
                 # ReLU'(pre); within rounding of 0 it may be either, so the perturbed pass
                 # keeps those entries.
                 if self.mode == _PERTURBED:
-                    active = t.pre + t.err_pre > 0
+                    # Twice the term where the sign is ambiguous: M1 - M0 then covers an
+                    # implementation that switches the entry off as well as on.
+                    ambiguous = np.abs(t.pre) <= t.err_pre  # ReLU'(0) may be 0 or 1, too
+                    active = ((t.pre > 0) | ambiguous) * np.where(ambiguous, 2.0, 1.0)
                 else:
                     active = t.pre > 0
                 d_pre = d_f * active

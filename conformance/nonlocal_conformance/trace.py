@@ -295,9 +295,23 @@ def trace_forward(
             where=count > 0,
         )
 
+    # The magnitude of each aggregated term. For concatenation an implementation may
+    # distribute ReLU(a_i + b_j) g_j = (a_i + b_j) g_j over the active keys (the exact sorted
+    # O((N + N') log N') algorithm, spec NUM-2): its sums then run over |a_i| + |b_j|, not
+    # |a_i + b_j|, and keys within rounding of the ReLU's kink may be counted either way.
+    magnitude = np.abs(attention)
+    if config.instantiation == "concatenation":
+        may_be_active = valid & (pre + err_pre > 0)
+        spread = np.abs(alpha)[:, :, None] + np.abs(beta)[:, None, :]
+        magnitude = np.divide(
+            np.where(may_be_active, spread, 0.0),
+            count,
+            out=np.zeros_like(spread),
+            where=count > 0,
+        )
     y = attention @ g.value
-    err_y = _matmul_err(p, n_keys, np.abs(attention) @ np.abs(g.value))
-    err_y += err_attention @ np.abs(g.value) + np.abs(attention) @ g.err
+    err_y = _matmul_err(p, n_keys, magnitude @ np.abs(g.value))
+    err_y += err_attention @ np.abs(g.value) + magnitude @ g.err
     u, err_u = _project(p, y, err_y, w["out.weight"], w["out.bias"])
 
     bn_mean = bn_std = err_bn_std = None
