@@ -34,7 +34,7 @@ from nonlocal_conformance.adapter import Capabilities, Output
 from nonlocal_core import NonLocalConfig
 
 from .block import NonLocalBlock
-from .strategies import _ALLOWED, STRATEGIES
+from .strategies import ALLOWED_STRATEGIES, STRATEGIES
 
 STRATEGY_ENV = "NONLOCAL_TORCH_STRATEGY"
 
@@ -107,7 +107,9 @@ class TorchAdapter:
             raise ValueError(
                 f"dtype={dtype!r} is not supported: expected one of {list(TORCH_DTYPES)}"
             )
-        strategy = next((s for s in self.forced if s in _ALLOWED[config.instantiation]), "auto")
+        strategy = next(
+            (s for s in self.forced if s in ALLOWED_STRATEGIES[config.instantiation]), "auto"
+        )
         block = NonLocalBlock.from_config(
             config, dtype=TORCH_DTYPES[dtype], device=device, strategy=strategy
         )

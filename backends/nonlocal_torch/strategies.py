@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 STRATEGIES = ("auto", "sdpa", "chunked", "associative", "sorted", "pairwise")
-_ALLOWED = {
+ALLOWED_STRATEGIES = {
     "embedded_gaussian": ("auto", "sdpa", "chunked", "pairwise"),
     "gaussian": ("auto", "sdpa", "chunked", "pairwise"),
     "dot_product": ("auto", "associative", "pairwise"),
@@ -55,7 +55,7 @@ def check_strategy(strategy: str, instantiation: str) -> str:
         ...
         ValueError: strategy='sorted' is invalid for dot_product: expected one of ('auto', 'associative', 'pairwise')
     """  # noqa: E501
-    allowed = _ALLOWED[instantiation]
+    allowed = ALLOWED_STRATEGIES[instantiation]
     if strategy not in allowed:
         raise ValueError(
             f"strategy={strategy!r} is invalid for {instantiation}: expected one of {allowed}"

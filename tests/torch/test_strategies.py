@@ -23,7 +23,7 @@ from .test_integration import _LargestTensor
 FORCED = [
     (inst, strategy)
     for inst in INSTANTIATIONS
-    for strategy in strategies._ALLOWED[inst]
+    for strategy in strategies.ALLOWED_STRATEGIES[inst]
     if strategy != "auto"
 ]
 
