@@ -27,7 +27,15 @@ import numpy as np
 from nonlocal_core import NonLocalConfig
 
 from .dtypes import Precision
-from .trace import SAFETY, Embedding, Trace, pool_windows, trace_forward, unpool_windows
+from .trace import (
+    SAFETY,
+    Embedding,
+    Trace,
+    pool_windows,
+    scaled,
+    trace_forward,
+    unpool_windows,
+)
 
 _EXACT, _MAGNITUDE, _PERTURBED = "exact", "magnitude", "perturbed"
 NOT_TRAINABLE = ("norm.running_mean", "norm.running_var")
@@ -300,7 +308,7 @@ def gradient_bounds(
     us = precision.u_storage
     rho = precision.gamma(reduction_depth(exact)) + 8 * us
     bounds = {
-        name: SAFETY * (rho * m1[name] + (m1[name] - m0[name])) + us * np.abs(grads[name])
+        name: SAFETY * (scaled(rho, m1[name]) + (m1[name] - m0[name])) + us * np.abs(grads[name])
         for name in grads
     }
     return grads, bounds

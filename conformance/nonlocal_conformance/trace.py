@@ -162,10 +162,21 @@ def _max_pool(t: np.ndarray, window) -> np.ndarray:
     return t if window is None else pool_windows(t, window).max(axis=-1)
 
 
+def scaled(coefficient: float, magnitude: np.ndarray) -> np.ndarray:
+    """coefficient * magnitude, with 0 (not NaN) where the magnitude is 0 and gamma is inf.
+
+    Example:
+        >>> scaled(float("inf"), np.array([0.0, 1.0])).tolist()
+        [0.0, inf]
+    """
+    with np.errstate(invalid="ignore"):
+        return np.where(magnitude > 0, coefficient * magnitude, 0.0)
+
+
 def _matmul_err(p: Precision, k: int, magnitude: np.ndarray) -> np.ndarray:
     # k products summed (gamma_k), operands possibly rounded to a coarser matmul format
     # (2 u_in: one rounding per operand), the result stored (u_s).
-    return (p.gamma(k) + 2 * p.u_matmul_inputs + p.u_storage) * magnitude
+    return scaled(p.gamma(k) + 2 * p.u_matmul_inputs + p.u_storage, magnitude)
 
 
 def _project(p: Precision, grid, err, w: np.ndarray, b: np.ndarray):
@@ -280,7 +291,7 @@ def trace_forward(
         worst = np.where(valid, err_pre, 0.0).max(axis=-1, keepdims=True)
         rel = np.expm1(2 * worst) + us + ulps + p.gamma(n_keys) + ulps
         # exp(l - max) may underflow (or be flushed) to 0: an absolute error <= tiny.
-        err_attention = np.where(valid, attention * rel + p.tiny, 0.0)
+        err_attention = np.where(valid, scaled(rel, attention) + p.tiny, 0.0)
     else:
         relu = config.instantiation == "concatenation"
         f = np.maximum(pre, 0.0) if relu else pre
@@ -323,11 +334,11 @@ def trace_forward(
             centred = u - bn_mean
             var = (centred**2).mean(axis=(0, 1))
             bn_std = np.sqrt(var + eps)
-            err_mean = err_u.mean(axis=(0, 1)) + p.gamma(m + 1) * np.abs(u).mean(axis=(0, 1))
+            err_mean = err_u.mean(axis=(0, 1)) + scaled(p.gamma(m + 1), np.abs(u).mean(axis=(0, 1)))
             # Covers two-pass and one-pass (E[u^2] - E[u]^2) variance: the latter cancels,
             # so its rounding is relative to E[u^2] + mean^2, not to the variance.
             err_var = 2 * (np.abs(centred) * (err_u + err_mean)).mean(axis=(0, 1))
-            err_var += p.gamma(m + 3) * ((u**2).mean(axis=(0, 1)) + bn_mean**2)
+            err_var += scaled(p.gamma(m + 3), (u**2).mean(axis=(0, 1)) + bn_mean**2)
             err_bn_std = err_var / (2 * bn_std) + (ulps + us) * bn_std
             r = centred / bn_std
             err_r = (err_u + err_mean) / bn_std + np.abs(r) * err_bn_std / bn_std
