@@ -55,8 +55,12 @@ class KerasAdapter:
         (True, True)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, jit_forward: bool | None = None) -> None:
+        # jit_forward (JAX only, default on): one compile per config and shape, which wins
+        # when shapes rarely repeat (Hypothesis); eager JAX caches per operation and wins
+        # on grids of configs that share shapes. Gradients are always jitted on JAX.
         self.backend = keras.backend.backend()
+        self.jit_forward = self.backend == "jax" if jit_forward is None else bool(jit_forward)
         if self.backend not in _BACKEND_MODULE:
             raise RuntimeError(
                 f"KERAS_BACKEND={self.backend!r}: nonlocal_keras supports tensorflow, jax, torch"
@@ -112,15 +116,23 @@ class KerasAdapter:
         training: bool = False,
         return_attention: bool = False,
     ):
-        """Run the layer eagerly; z (and a_ij) back as float64 NumPy."""
+        """Run the layer (eagerly; jitted on JAX); z (and a_ij) back as float64 NumPy."""
+        inputs = (
+            self._tensor(block, x),
+            self._tensor(block, context),
+            self._tensor(block, key_mask),
+        )
         with self._device(block._conformance_device):
-            out = block(
-                self._tensor(block, x),
-                context=self._tensor(block, context),
-                key_mask=self._tensor(block, key_mask),
-                training=training,
-                return_attention=return_attention,
-            )
+            if self.backend == "jax" and self.jit_forward and _all_float_or_bool(inputs):
+                out = self._forward_jax(block, *inputs, training, return_attention)
+            else:
+                out = block(
+                    inputs[0],
+                    context=inputs[1],
+                    key_mask=inputs[2],
+                    training=training,
+                    return_attention=return_attention,
+                )
         z, attention = out if return_attention else (out, None)
         return Output(
             z=_numpy(z),
@@ -157,6 +169,38 @@ class KerasAdapter:
             value = _numpy(value)
             transpose = name in _CANONICAL and _CANONICAL[name][1]
             out[name] = value.T if transpose else value
+        return out
+
+    @staticmethod
+    def _forward_jax(block, x, context, key_mask, training, return_attention):
+        # Eager JAX compiles every op anew for every new shape (seconds per Hypothesis
+        # example); one jit of the whole stateless call compiles once per shape instead.
+        import jax
+
+        key = _jit_key(block, "forward", training, return_attention)
+        if key not in _JIT_CACHE:
+
+            def run(trainable, non_trainable, x, context, key_mask):
+                return block.stateless_call(
+                    trainable,
+                    non_trainable,
+                    x,
+                    context=context,
+                    key_mask=key_mask,
+                    training=training,
+                    return_attention=return_attention,
+                )
+
+            _JIT_CACHE[key] = jax.jit(run)
+        out, non_trainable = _JIT_CACHE[key](
+            [v.value for v in block.trainable_variables],
+            [v.value for v in block.non_trainable_variables],
+            x,
+            context,
+            key_mask,
+        )
+        for variable, value in zip(block.non_trainable_variables, non_trainable):
+            variable.assign(value)  # running statistics, as an eager call would update them
         return out
 
     # One autodiff per backend: the layer is shared, differentiation is not. -------------
@@ -198,24 +242,60 @@ class KerasAdapter:
         import jax
 
         trainable = block.trainable_variables
-        non_trainable = [v.value for v in block.non_trainable_variables]
         index = {id(v): i for i, v in enumerate(trainable)}
         positions = [index[id(getattr(block, _attr(n)))] for n in names]
+        key = _jit_key(block, "gradients", training, False)
+        if key not in _JIT_CACHE:
 
-        def loss(inputs, values):
-            z, _ = block.stateless_call(
-                values,
-                non_trainable,
-                inputs["x"],
-                context=inputs.get("context"),
-                key_mask=t["key_mask"],
-                training=training,
-            )
-            return (z * t["cotangent"]).sum()
+            def loss(inputs, values, non_trainable, key_mask, cotangent):
+                z, _ = block.stateless_call(
+                    values,
+                    non_trainable,
+                    inputs["x"],
+                    context=inputs.get("context"),
+                    key_mask=key_mask,
+                    training=training,
+                )
+                return (z * cotangent).sum()
 
+            # Jitted for the same reason as `_forward_jax`.
+            _JIT_CACHE[key] = jax.jit(jax.grad(loss, argnums=(0, 1)))
         inputs = {k: t[k] for k in ("x", "context") if t[k] is not None}
-        d_inputs, d_values = jax.grad(loss, argnums=(0, 1))(inputs, [v.value for v in trainable])
+        d_inputs, d_values = _JIT_CACHE[key](
+            inputs,
+            [v.value for v in trainable],
+            [v.value for v in block.non_trainable_variables],
+            t["key_mask"],
+            t["cotangent"],
+        )
         return {**d_inputs, **{n: d_values[p] for n, p in zip(names, positions)}}
+
+
+# Jitted functions of JAX runs, shared by blocks of the same structure: `stateless_call`
+# reads every value from its arguments, so the block that traced a function is a template.
+_JIT_CACHE: dict[tuple, Any] = {}
+
+
+def _jit_key(block, kind: str, training: bool, return_attention: bool) -> tuple:
+    return (
+        kind,
+        block.nonlocal_config,
+        block.dtype_policy.name,
+        block.norm_momentum,
+        block.use_fused_attention,
+        training,
+        return_attention,
+    )
+
+
+def _all_float_or_bool(tensors) -> bool:
+    """Inputs a jitted call accepts; anything else goes eager so the layer reports it."""
+    return all(
+        t is None or keras.backend.standardize_dtype(t.dtype) in _JIT_DTYPES for t in tensors
+    )
+
+
+_JIT_DTYPES = ("float64", "float32", "bfloat16", "float16", "bool")
 
 
 def _attr(canonical_name: str) -> str:

@@ -186,8 +186,13 @@ class NonLocalBlock(keras.layers.Layer):
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | NonLocalConfig) -> NonLocalBlock:
+    def from_config(
+        cls, config: Mapping[str, Any] | NonLocalConfig, **kwargs: Any
+    ) -> NonLocalBlock:
         """From a `get_config()` dict (Keras deserialisation) or a `NonLocalConfig`.
+
+        With a `NonLocalConfig`, `kwargs` are the Keras extras (``dtype``, ``name``,
+        ``norm_momentum``, ``use_fused_attention``), as in ``nonlocal_torch``.
 
         Example:
             >>> block = NonLocalBlock.from_config(NonLocalConfig(8, spatial_dims=1))
@@ -195,7 +200,12 @@ class NonLocalBlock(keras.layers.Layer):
             'channels_first'
         """
         if isinstance(config, NonLocalConfig):
-            return cls(**config.to_dict())
+            return cls(**config.to_dict(), **kwargs)
+        if kwargs:
+            raise TypeError(
+                f"NonLocalBlock.from_config got keyword arguments {sorted(kwargs)} with a "
+                "Keras config dict: put them in the dict"
+            )
         return super().from_config(dict(config))
 
     # Weights ------------------------------------------------------------------------------
@@ -302,9 +312,9 @@ class NonLocalBlock(keras.layers.Layer):
     def call(self, x, context=None, key_mask=None, training=None, return_attention=False):
         """z (and a_ij with `return_attention`); see the class docstring."""
         cfg = self._resolve(x.shape)
-        x = ops.cast(x, self.compute_dtype)
+        x = ops.cast(_real_tensor(x, "x"), self.compute_dtype)
         if context is not None:
-            context = ops.cast(ops.convert_to_tensor(context), self.compute_dtype)
+            context = ops.cast(_real_tensor(context, "context"), self.compute_dtype)
         if key_mask is not None:
             key_mask = ops.convert_to_tensor(key_mask)
             mask_dtype = keras.backend.standardize_dtype(key_mask.dtype)
@@ -405,6 +415,15 @@ def to_numpy(tensor) -> np.ndarray:
     if value.dtype == torch.bfloat16:
         value = value.to(torch.float32)  # NumPy has no bfloat16; every bfloat16 fits float32
     return value.numpy().copy()  # .numpy() shares memory: later assigns would show through
+
+
+def _real_tensor(value, name: str):
+    """`value` as a tensor; a non-real dtype (complex, bool, string) is an `InputError`."""
+    tensor = ops.convert_to_tensor(value)
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    if not ("float" in dtype or "int" in dtype):
+        raise InputError(f"{name} has dtype {dtype}: expected a real (float or int) array")
+    return tensor
 
 
 def _maybe(shape):

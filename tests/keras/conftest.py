@@ -39,10 +39,15 @@ def loaded_block(config: NonLocalConfig, seed: int = 0, **kwargs) -> tuple[NonLo
 
 @pytest.fixture(scope="session")
 def adapter():
-    """The conformance adapter for this process's backend (on JAX it enables float64)."""
+    """The conformance adapter for this process's backend (on JAX it enables float64).
+
+    Eager forward passes: these tests reuse a few shapes across many configs, where eager
+    JAX (compiled per operation) is several times faster than one jit per config.
+    `test_adapter.py` checks the jitted path the conformance suite uses.
+    """
     from nonlocal_keras.conformance import KerasAdapter
 
-    return KerasAdapter()
+    return KerasAdapter(jit_forward=False)
 
 
 def pytest_configure(config):

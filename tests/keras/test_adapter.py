@@ -1,0 +1,64 @@
+"""The conformance adapter as the suite drives it: protocol, capabilities, the jitted JAX
+path (the suite's default) against the eager one, running statistics, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nonlocal_keras.conformance import KerasAdapter
+
+from nonlocal_core import INSTANTIATIONS, InputError, NonLocalConfig, random_weights
+
+from .conftest import BACKEND, make_input
+
+Adapter = pytest.importorskip("nonlocal_conformance.adapter").Adapter
+
+
+def test_protocol_and_capabilities(adapter):
+    assert isinstance(adapter, Adapter)
+    assert adapter.name == f"keras-{BACKEND}"
+    assert adapter.capabilities.gradients
+    assert adapter.capabilities.dtypes == {"float64", "float32", "bfloat16", "float16"}
+    assert set(adapter.versions()) == {"keras", BACKEND}
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+def test_default_forward_path_equals_eager_path(adapter, instantiation):
+    # On JAX the default adapter jits the whole forward; elsewhere both are eager.
+    default = KerasAdapter()
+    assert default.jit_forward == (BACKEND == "jax")
+    cfg = NonLocalConfig(4, spatial_dims=2, instantiation=instantiation, subsample=True)
+    weights = random_weights(cfg, seed=21)
+    x = make_input(cfg, seed=22)
+    mask = np.random.default_rng(23).random((2, 2, 2)) > 0.3
+    jitted = default.build(cfg, weights, dtype="float64", device="cpu")
+    eager = adapter.build(cfg, weights, dtype="float64", device="cpu")
+    for training in (False, True):
+        for attention in (False, True):
+            a = default.forward(
+                jitted, x, key_mask=mask, training=training, return_attention=attention
+            )
+            b = adapter.forward(
+                eager, x, key_mask=mask, training=training, return_attention=attention
+            )
+            np.testing.assert_allclose(a.z, b.z, rtol=0, atol=1e-13)
+            if attention:
+                np.testing.assert_allclose(a.attention, b.attention, rtol=0, atol=1e-13)
+    # Training calls updated the running statistics the same way on both paths.
+    for name, value in default.export_weights(jitted).items():
+        np.testing.assert_allclose(value, adapter.export_weights(eager)[name], atol=1e-13)
+
+
+def test_bad_inputs_raise_value_errors_naming_the_argument():
+    adapter = KerasAdapter()
+    cfg = NonLocalConfig(4, spatial_dims=1)
+    block = adapter.build(cfg, random_weights(cfg), dtype="float32", device="cpu")
+    x = make_input(cfg)
+    with pytest.raises(InputError, match="x has dtype complex64"):
+        adapter.forward(block, x.astype(np.complex64))
+    with pytest.raises(InputError, match="key_mask has dtype"):
+        adapter.forward(block, x, key_mask=np.ones((2, 7), dtype=np.int32))
+    with pytest.raises(InputError, match="key_mask has shape"):
+        adapter.forward(block, x, key_mask=np.ones((2, 6), dtype=bool))
+    with pytest.raises(ValueError, match="missing weight"):
+        adapter.build(cfg, {}, dtype="float32", device="cpu")
