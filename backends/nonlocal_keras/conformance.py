@@ -18,15 +18,11 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+from nonlocal_conformance.adapter import Capabilities, Output
 
 from nonlocal_core import NonLocalConfig
 
 from .layer import _CANONICAL, NonLocalBlock, to_numpy
-
-try:  # the suite may be absent where only the layer is installed
-    from nonlocal_conformance.adapter import Capabilities, Output
-except ImportError:  # pragma: no cover - exercised only without the suite
-    Capabilities = Output = None  # type: ignore[assignment,misc]
 
 _BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 _RUNNING_STATS = ("norm.running_mean", "norm.running_var")
