@@ -220,11 +220,13 @@ def fused_attention_applies(config: NonLocalConfig, dtype: str) -> bool:
         >>> fused_attention_applies(NonLocalConfig(8, instantiation="gaussian"), "float32")
         False
     """
-    return (
-        config.is_softmax
-        and config.embed_dim == config.inter_channels
-        and keras.backend.standardize_dtype(dtype) != "float64"
-    )
+    dtype = keras.backend.standardize_dtype(dtype)
+    if keras.backend.backend() == "jax" and dtype in HALF_DTYPES:
+        # jax.nn.dot_product_attention asks for a BF16_BF16_F32 / F16_F16_F32 dot, which
+        # XLA:CPU fails to compile for small shapes ("not supported by the
+        # ElementalIrEmitter") - inside jit, past Keras's eager fallback.
+        return False
+    return config.is_softmax and config.embed_dim == config.inter_channels and dtype != "float64"
 
 
 def dot_product_aggregate(theta, phi, g, mask):

@@ -62,3 +62,19 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         adapter.forward(block, x, key_mask=np.ones((2, 6), dtype=bool))
     with pytest.raises(ValueError, match="missing weight"):
         adapter.build(cfg, {}, dtype="float32", device="cpu")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("instantiation", ["gaussian", "embedded_gaussian"])
+def test_half_precision_single_position_compiles(instantiation, dtype):
+    # One query, one key, one channel: on JAX, the fused attention's mixed-precision dot
+    # failed to compile on XLA:CPU inside jit (found by the conformance suite).
+    adapter = KerasAdapter()
+    cfg = NonLocalConfig(1, spatial_dims=1, instantiation=instantiation)
+    weights = {k: v.astype(np.float32) for k, v in random_weights(cfg, seed=1).items()}
+    block = adapter.build(cfg, weights, dtype=dtype, device="cpu")
+    x = np.full((1, 1, 1), 0.125, dtype=np.float32)
+    out = adapter.forward(block, x)
+    assert out.dtype == dtype and np.isfinite(out.z).all()
+    grads = adapter.gradients(block, x, np.ones_like(x))
+    assert all(np.isfinite(g).all() for g in grads.values())
