@@ -12,6 +12,7 @@ float64 tier runs in float64 rather than silently in float32.
 from __future__ import annotations
 
 import importlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -267,9 +268,27 @@ class KerasAdapter:
         return {**d_inputs, **{n: d_values[p] for n, p in zip(names, positions)}}
 
 
+class _LRU(OrderedDict):
+    """A dict that keeps only its `size` most recently used entries."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
 # Jitted functions of JAX runs, shared by blocks of the same structure: `stateless_call`
 # reads every value from its arguments, so the block that traced a function is a template.
-_JIT_CACHE: dict[tuple, Any] = {}
+# Bounded: each holds its compiled executables, and a thorough run makes thousands.
+_JIT_CACHE: _LRU = _LRU(64)
 
 
 def _jit_key(block, kind: str, training: bool, return_attention: bool) -> tuple:
