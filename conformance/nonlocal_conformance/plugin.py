@@ -106,7 +106,7 @@ def find_vectors(config: pytest.Config) -> Path | None:
     for candidate in (
         Path(config.rootpath) / "spec" / "vectors",
         Path(__file__).resolve().parents[2] / "spec" / "vectors",  # an editable checkout
-        Path(__file__).resolve().parent / "vectors",  # vectors shipped inside the package
+        Path(__file__).resolve().parent / "golden_vectors",  # shipped inside the package
     ):
         if (candidate / "index.json").is_file():
             return candidate
