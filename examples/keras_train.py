@@ -45,6 +45,7 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def train(steps: int, batch_size: int) -> None:
     """Build, train for `steps` steps and report, on the current Keras backend."""
     import keras
+
     from nonlocal_keras import NonLocalBlock
 
     keras.utils.set_random_seed(0)

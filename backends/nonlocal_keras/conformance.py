@@ -19,8 +19,8 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from nonlocal_conformance.adapter import Capabilities, Output
 
+from nonlocal_conformance.adapter import Capabilities, Output
 from nonlocal_core import NonLocalConfig
 
 from .layer import _CANONICAL, NonLocalBlock, to_numpy

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from nonlocal_conformance.adapter import Capabilities, Output
 
+from nonlocal_conformance.adapter import Capabilities, Output
 from nonlocal_core import NonLocalConfig
 
 from .block import NonLocalBlock

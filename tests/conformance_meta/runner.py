@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nonlocal_conformance.tests as suite_tests
 import pytest
 from hypothesis import settings
+
+import nonlocal_conformance.tests as suite_tests
 
 SUITE_DIR = Path(suite_tests.__file__).parent
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nonlocal_conformance.backward import gradient_bounds, reference_gradients
 from nonlocal_conformance.dtypes import Precision
-
 from nonlocal_core import nonlocal_forward
 
 from ..core.test_reference import random_case

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nonlocal_conformance.dtypes import Precision, cast, round_to_bfloat16, unit_roundoff
 from nonlocal_conformance.trace import SAFETY, trace_forward
-
 from nonlocal_core import nonlocal_forward
 
 from ..core.test_reference import random_case

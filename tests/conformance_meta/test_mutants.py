@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nonlocal_conformance.mutants import MUTANTS
 
 from .runner import failed_checks, run_suite

@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+
 from nonlocal_conformance import backends, summary
 from nonlocal_conformance.adapter import Adapter
 from nonlocal_conformance.backends import BackendError, load_adapter

@@ -6,10 +6,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from nonlocal_keras import NonLocalBlock
-from nonlocal_keras.layer import to_numpy as _to_numpy
 
 from nonlocal_core import NonLocalConfig, random_weights
+from nonlocal_keras import NonLocalBlock
+from nonlocal_keras.layer import to_numpy as _to_numpy
 
 BACKEND = keras.backend.backend()
 EXTENTS = {1: (7,), 2: (5, 4), 3: (3, 4, 4)}

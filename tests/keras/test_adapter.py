@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nonlocal_keras.conformance import KerasAdapter
 
 from nonlocal_core import INSTANTIATIONS, InputError, NonLocalConfig, random_weights
+from nonlocal_keras.conformance import KerasAdapter
 
 from .conftest import BACKEND, make_input
 

@@ -8,7 +8,6 @@ import doctest
 import keras
 import numpy as np
 import pytest
-from nonlocal_keras import NonLocalBlock
 
 from nonlocal_core import (
     INSTANTIATIONS,
@@ -20,6 +19,7 @@ from nonlocal_core import (
     nonlocal_forward,
     random_weights,
 )
+from nonlocal_keras import NonLocalBlock
 
 from .conftest import loaded_block, make_input, to_numpy
 

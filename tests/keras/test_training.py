@@ -7,9 +7,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from nonlocal_keras import NonLocalBlock
 
 from nonlocal_core import INSTANTIATIONS, nonlocal_forward
+from nonlocal_keras import NonLocalBlock
 
 from .conftest import BACKEND
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nonlocal_torch import NonLocalBlock
 
 from nonlocal_core import NonLocalConfig, nonlocal_forward, random_weights
+from nonlocal_torch import NonLocalBlock
 
 DEVICES = [
     "cpu",

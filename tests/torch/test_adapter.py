@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nonlocal_conformance.adapter import Adapter
-from nonlocal_torch.conformance import TorchAdapter
 
+from nonlocal_conformance.adapter import Adapter
 from nonlocal_core import INSTANTIATIONS, NonLocalConfig, WeightError, random_weights
+from nonlocal_torch.conformance import TorchAdapter
 
 from .conftest import make_case, reference
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from nonlocal_torch import NonLocal3d
-from nonlocal_torch.bench import Case, anchor_cases, main, naive_bytes, naive_forward
 
 from nonlocal_core import INSTANTIATIONS
+from nonlocal_torch import NonLocal3d
+from nonlocal_torch.bench import Case, anchor_cases, main, naive_bytes, naive_forward
 
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)

@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from nonlocal_torch import NonLocalBlock
 from torch import nn
 
 from nonlocal_core import NonLocalConfig, random_weights
+from nonlocal_torch import NonLocalBlock
 
 WORLD = 2
 STEPS = 2

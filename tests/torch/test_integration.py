@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nonlocal_torch import NonLocal2d, NonLocal3d
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nonlocal_core import INSTANTIATIONS, NonLocalConfig
+from nonlocal_torch import NonLocal2d, NonLocal3d
 
 from .conftest import block_for, make_case, reference, tensor
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nonlocal_torch import NonLocal1d, NonLocal2d, NonLocal3d, NonLocalBlock
 
 from nonlocal_core import (
     INSTANTIATIONS,
@@ -16,6 +15,7 @@ from nonlocal_core import (
     random_weights,
     weight_shapes,
 )
+from nonlocal_torch import NonLocal1d, NonLocal2d, NonLocal3d, NonLocalBlock
 
 from .conftest import block_for, make_case, tensor
 

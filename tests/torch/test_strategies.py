@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
+from nonlocal_core import INSTANTIATIONS, NonLocalConfig
 from nonlocal_torch import NonLocal2d, NonLocalBlock, strategies
 from nonlocal_torch.strategies import (
     check_strategy,
@@ -14,8 +16,6 @@ from nonlocal_torch.strategies import (
     chunked_softmax,
     sorted_concatenation,
 )
-
-from nonlocal_core import INSTANTIATIONS, NonLocalConfig
 
 from .conftest import block_for, make_case, reference, tensor
 from .test_integration import _LargestTensor
