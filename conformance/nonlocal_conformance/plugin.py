@@ -76,7 +76,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--vectors",
         default=None,
         help=f"golden-vector directory (default: ${VECTORS_ENV_VAR}, then spec/vectors of "
-        "the checkout)",
+        "the checkout, then the copy inside the installed package)",
     )
     group.addoption(
         "--conformance-report",
