@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from nonlocal_core import NonLocalConfig
+from nonlocal_core.reference import to_positions
 
 from .dtypes import Precision
 from .trace import (
@@ -218,10 +219,8 @@ def _to_layout(flat: np.ndarray, grid_shape: tuple[int, ...], config: NonLocalCo
 
 
 def _flat_cotangent(cotangent: np.ndarray, config: NonLocalConfig) -> np.ndarray:
-    c = np.asarray(cotangent, dtype=np.float64)
-    if config.data_format == "channels_first":
-        c = np.moveaxis(c, 1, -1)
-    return c.reshape(c.shape[0], -1, c.shape[-1])
+    # dL/dz in the (B, N, C) order of the reference's positions.
+    return to_positions(np.asarray(cotangent, dtype=np.float64), config)
 
 
 def reference_gradients(
