@@ -1,16 +1,20 @@
 """``python -m nonlocal_conformance.summary FILE.json...``: one table for several runs.
 
-One row per report (backend, passed, failed, skipped, duration, dtype, device), then the
-skip reasons grouped with the backends and counts they apply to, then the failures. Exits 1
-when any report has a failure (or cannot be read), 0 otherwise.
+One row per run (backend, passed, failed, skipped, duration, dtype, device, Hypothesis
+profile), then the skip reasons grouped with the backends and counts they apply to, then the
+failures. Reports of one run split into shards (``pytest -k`` or test files in several
+processes, each with its own ``--conformance-report``) are merged into one row: same
+backend, adapter, dtype, device and profile; counts and times add up (the time is
+then the sum over shards, not the wall time of shards run side by side). Exits 1 when any
+report has a failure (or cannot be read), 0 otherwise.
 
 Example:
     >>> rows = [{"backend": "numpy", "dtype": "float32", "device": "cpu", "duration_s": 2.5,
-    ...          "totals": {"passed": 3, "failed": 0, "skipped": 1},
+    ...          "hypothesis_profile": "ci", "totals": {"passed": 3, "failed": 0, "skipped": 1},
     ...          "tests": [{"nodeid": "t::a", "outcome": "skipped", "detail": "no mask"}]}]
     >>> print(render(rows))  # doctest: +NORMALIZE_WHITESPACE
-    backend  passed  failed  skipped  time (s)  dtype    device
-    numpy         3       0        1       2.5  float32  cpu
+    backend  passed  failed  skipped  time (s)  dtype    device  profile
+    numpy         3       0        1       2.5  float32  cpu     ci
     <BLANKLINE>
     skip reasons:
       numpy (1): no mask
@@ -25,7 +29,42 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("backend", "passed", "failed", "skipped", "time (s)", "dtype", "device")
+COLUMNS = ("backend", "passed", "failed", "skipped", "time (s)", "dtype", "device", "profile")
+_RUN_KEYS = ("backend", "adapter", "dtype", "device", "hypothesis_profile")
+_COUNTS = ("passed", "failed", "skipped")
+
+
+def merge_shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reports of the same run (see `_RUN_KEYS`) merged, in first-seen order.
+
+    A check reported by two shards is kept once per shard, so an overlapping split shows up
+    as a count above the suite's size rather than disappearing.
+
+    Example:
+        >>> shard = {"backend": "keras-jax", "duration_s": 10.0, "totals": {"passed": 2}}
+        >>> merged = merge_shards([shard, dict(shard, totals={"passed": 3, "failed": 1})])
+        >>> len(merged), merged[0]["totals"], merged[0]["duration_s"], merged[0]["shards"]
+        (1, {'passed': 5, 'failed': 1, 'skipped': 0}, 20.0, 2)
+    """
+    runs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for report in reports:
+        key = tuple(report.get(k) for k in _RUN_KEYS)
+        run = runs.get(key)
+        if run is None:
+            runs[key] = run = {
+                **report,
+                "totals": dict.fromkeys(_COUNTS, 0),
+                "duration_s": 0.0,
+                "tests": [],
+                "shards": 0,
+            }
+        totals = report.get("totals", {})
+        for count in _COUNTS:
+            run["totals"][count] += totals.get(count, 0)
+        run["duration_s"] += report.get("duration_s", 0.0)
+        run["tests"] += report.get("tests", [])
+        run["shards"] += 1
+    return list(runs.values())
 
 
 def _row(report: dict[str, Any]) -> list[str]:
@@ -38,11 +77,13 @@ def _row(report: dict[str, Any]) -> list[str]:
         f"{report.get('duration_s', 0.0):.1f}",
         str(report.get("dtype", "?")),
         str(report.get("device", "?")),
+        str(report.get("hypothesis_profile", "?")),
     ]
 
 
 def render(reports: list[dict[str, Any]]) -> str:
-    """The summary text of parsed reports (see the module docstring)."""
+    """The summary text of parsed reports, shards merged (see the module docstring)."""
+    reports = merge_shards(reports)
     rows = [list(COLUMNS)] + [_row(r) for r in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     numeric = {1, 2, 3, 4}

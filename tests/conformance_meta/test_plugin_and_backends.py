@@ -165,6 +165,20 @@ def test_summary_exits_non_zero_when_a_report_failed(tmp_path, capsys):
     assert "torch: t::a[0]: boom" in out
 
 
+def test_summary_merges_shards_of_one_run_and_keeps_other_runs_apart(tmp_path, capsys):
+    first = _report(tmp_path / "a.json", "keras-jax", 0)
+    _report(tmp_path / "b.json", "keras-jax", 1)
+    other_dtype = json.loads(first.read_text()) | {"dtype": "float64"}
+    (tmp_path / "c.json").write_text(json.dumps(other_dtype))
+    assert summary.main([str(tmp_path / n) for n in ("a.json", "b.json", "c.json")]) == 1
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:3]]
+    # backend, passed, failed, skipped, time (s), dtype: the shards add up, float64 stays apart
+    assert [row[:6] for row in rows] == [
+        ["keras-jax", "10", "1", "0", "2.0", "float32"],
+        ["keras-jax", "5", "0", "0", "1.0", "float64"],
+    ]
+
+
 def test_summary_exits_non_zero_for_an_unreadable_report(tmp_path):
     broken = tmp_path / "x.json"
     broken.write_text("{")
