@@ -394,8 +394,9 @@ class NonLocalBlock(keras.layers.Layer):
 def to_numpy(tensor) -> np.ndarray:
     """A tensor or variable of the current backend as NumPy (bfloat16 on PyTorch: float32).
 
-    `keras.ops.convert_to_numpy` on PyTorch and JAX goes through ``np.array(tensor)``, which
-    NumPy 2 deprecates for their arrays (no ``copy`` keyword); this reads them directly.
+    `keras.ops.convert_to_numpy` goes through ``np.array(tensor)``, which NumPy 2 deprecates
+    for these backends' arrays (their ``__array__`` takes no ``copy`` keyword) with a warning
+    per call; this reads them directly.
 
     Example:
         >>> to_numpy(keras.ops.ones((2,))).tolist()
@@ -407,6 +408,8 @@ def to_numpy(tensor) -> np.ndarray:
         import jax
 
         return np.asarray(jax.device_get(value))
+    if backend == "tensorflow":
+        return np.array(value.numpy())  # a copy: .numpy() may share the tensor's buffer
     if backend != "torch":
         return ops.convert_to_numpy(value)
     import torch
