@@ -16,6 +16,7 @@ which would make the float64 tier silently single precision.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -179,12 +180,20 @@ def softmax_attention(theta, phi, mask, scale: float):
     # A Python float, not ops.cast(scale): TensorFlow would round it through float32 first.
     logits = logits * scale
     if mask is None:
-        return ops.cast(ops.softmax(logits, axis=-1), dtype)
+        return ops.cast(_softmax_over_keys(logits), dtype)
     any_valid = ops.any(mask, axis=1)[:, None, None]  # (B, 1, 1)
     valid = ops.logical_or(mask[:, None, :], ops.logical_not(any_valid))
     logits = ops.where(valid, logits, ops.cast(float("-inf"), acc))
-    probs = ops.where(any_valid, ops.softmax(logits, axis=-1), ops.zeros_like(logits))
+    probs = ops.where(any_valid, _softmax_over_keys(logits), ops.zeros_like(logits))
     return ops.cast(probs, dtype)
+
+
+def _softmax_over_keys(logits):
+    # Keras warns that a softmax over an axis of size 1 "is likely not what you intended";
+    # here it is: one key (N' = 1: a pooled 2x2 map, a one-element context) is a valid block.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You are using a softmax over axis", UserWarning)
+        return ops.softmax(logits, axis=-1)
 
 
 def fused_softmax_aggregate(theta, phi, g, mask, scale: float):

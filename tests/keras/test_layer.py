@@ -4,6 +4,7 @@ weights, mixed precision, errors, running statistics and doctests."""
 from __future__ import annotations
 
 import doctest
+import warnings
 
 import keras
 import numpy as np
@@ -169,6 +170,18 @@ def test_fused_attention_path_matches_plain_softmax(instantiation):
     want = nonlocal_forward(x, weights, cfg, key_mask=mask)
     np.testing.assert_allclose(to_numpy(fused(x, key_mask=mask)), want, atol=1e-5)
     np.testing.assert_allclose(to_numpy(plain(x, key_mask=mask)), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("instantiation", ["gaussian", "embedded_gaussian"])
+def test_a_single_key_is_valid_and_warns_nothing(instantiation):
+    block = NonLocalBlock(4, spatial_dims=2, instantiation=instantiation, subsample=True)
+    x = make_input(NonLocalConfig(4, spatial_dims=2, data_format="channels_last"), 1, extent=(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras's "softmax over an axis of size 1" warning
+        z, attention = block(x.astype("float32"), return_attention=True)
+        z_fused = block(x.astype("float32"))  # keras.ops.dot_product_attention where exact
+    np.testing.assert_array_equal(to_numpy(attention), np.ones((1, 4, 1)))
+    assert z.shape == z_fused.shape == x.shape
 
 
 def test_input_errors_match_the_reference_messages():
