@@ -91,7 +91,10 @@ def max_pool(grid, window: Sequence[int] | None):
     """Max pool (B, *S, C) with kernel = stride = window, floor (remainders dropped).
 
     A reshape and a max rather than `keras.ops.max_pool`: TensorFlow's 3-D pooling has no
-    float64 or CPU float16 kernel, and this form is exact for every dtype and backend.
+    float64 or CPU float16 kernel, and this form is exact for every dtype and backend. One
+    spatial axis at a time (the max is separable): TensorFlow's gradient of one max over
+    three split axes needs a broadcast its kernels do not implement ("Broadcast between
+    [2,1,1,2,1,2,1,1] and [2,1,2,2,2,2,2,1] is not supported yet").
 
     Example:
         >>> pooled = max_pool(ops.reshape(ops.arange(5.0), (1, 5, 1)), (2,))
@@ -100,16 +103,17 @@ def max_pool(grid, window: Sequence[int] | None):
     """
     if window is None or all(w == 1 for w in window):
         return grid
-    shape = ops.shape(grid)
-    extent = shape[1:-1]
+    extent = ops.shape(grid)[1:-1]
     kept = [e // w for e, w in zip(extent, window)]
     crop = (slice(None), *(slice(0, k * w) for k, w in zip(kept, window)), slice(None))
-    blocks_shape = [shape[0]]
-    for k, w in zip(kept, window):
-        blocks_shape += [k, w]
-    blocks = ops.reshape(grid[crop], (*blocks_shape, shape[-1]))
-    window_axes = tuple(2 + 2 * a for a in range(len(window)))
-    return ops.max(blocks, axis=window_axes)
+    pooled = grid[crop]
+    for axis, (k, w) in enumerate(zip(kept, window), start=1):
+        if w == 1:
+            continue
+        shape = ops.shape(pooled)
+        split = (*shape[:axis], k, w, *shape[axis + 1 :])
+        pooled = ops.max(ops.reshape(pooled, split), axis=axis + 1)
+    return pooled
 
 
 def keys_and_values(ctx_grid, weights, config: NonLocalConfig):
