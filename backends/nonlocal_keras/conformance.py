@@ -26,6 +26,7 @@ from nonlocal_core import NonLocalConfig
 from .layer import _CANONICAL, NonLocalBlock, to_numpy
 
 _BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+_CLEAR_SESSION_EVERY = 256
 _RUNNING_STATS = ("norm.running_mean", "norm.running_var")
 
 
@@ -67,6 +68,7 @@ class KerasAdapter:
 
             jax.config.update("jax_enable_x64", True)
         self.name = f"keras-{self.backend}"
+        self._blocks_built = 0
         devices = {"cpu", "cuda"} if _gpu_available(self.backend) else {"cpu"}
         self.capabilities = Capabilities(
             dtypes=frozenset({"float64", "float32", "bfloat16", "float16"}),
@@ -86,6 +88,11 @@ class KerasAdapter:
         self, config: NonLocalConfig, weights: Mapping[str, np.ndarray], *, dtype: str, device: str
     ) -> Any:
         """A `NonLocalBlock` with dtype policy `dtype` holding exactly `weights`."""
+        self._blocks_built += 1
+        if self.backend == "tensorflow" and self._blocks_built % _CLEAR_SESSION_EVERY == 0:
+            # Eager TensorFlow keeps state for every block and input shape (~0.4 MB each):
+            # a thorough run builds tens of thousands and grew to 9.8 GB without this.
+            keras.backend.clear_session(free_memory=False)
         with self._device(device):
             block = NonLocalBlock(**config.to_dict(), dtype=dtype)
             block.load_canonical_weights(weights)
