@@ -43,8 +43,8 @@ def merge_shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Example:
         >>> shard = {"backend": "keras-jax", "duration_s": 10.0, "totals": {"passed": 2}}
         >>> merged = merge_shards([shard, dict(shard, totals={"passed": 3, "failed": 1})])
-        >>> len(merged), merged[0]["totals"], merged[0]["duration_s"], merged[0]["shards"]
-        (1, {'passed': 5, 'failed': 1, 'skipped': 0}, 20.0, 2)
+        >>> len(merged), merged[0]["totals"], merged[0]["duration_s"]
+        (1, {'passed': 5, 'failed': 1, 'skipped': 0}, 20.0)
     """
     runs: dict[tuple[Any, ...], dict[str, Any]] = {}
     for report in reports:
@@ -56,14 +56,12 @@ def merge_shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "totals": dict.fromkeys(_COUNTS, 0),
                 "duration_s": 0.0,
                 "tests": [],
-                "shards": 0,
             }
         totals = report.get("totals", {})
         for count in _COUNTS:
             run["totals"][count] += totals.get(count, 0)
         run["duration_s"] += report.get("duration_s", 0.0)
         run["tests"] += report.get("tests", [])
-        run["shards"] += 1
     return list(runs.values())
 
 
