@@ -175,11 +175,12 @@ def test_fused_attention_path_matches_plain_softmax(instantiation):
 @pytest.mark.parametrize("instantiation", ["gaussian", "embedded_gaussian"])
 def test_a_single_key_is_valid_and_warns_nothing(instantiation):
     block = NonLocalBlock(4, spatial_dims=2, instantiation=instantiation, subsample=True)
-    x = make_input(NonLocalConfig(4, spatial_dims=2, data_format="channels_last"), 1, extent=(2, 2))
+    cfg = NonLocalConfig(4, spatial_dims=2, data_format="channels_last")
+    x = make_input(cfg, 1, extent=(2, 2)).astype("float32")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Keras's "softmax over an axis of size 1" warning
-        z, attention = block(x.astype("float32"), return_attention=True)
-        z_fused = block(x.astype("float32"))  # keras.ops.dot_product_attention where exact
+        z, attention = block(x, return_attention=True)
+        z_fused = block(x)  # keras.ops.dot_product_attention where exact
     np.testing.assert_array_equal(to_numpy(attention), np.ones((1, 4, 1)))
     assert z.shape == z_fused.shape == x.shape
 
