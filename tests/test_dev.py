@@ -1,0 +1,120 @@
+"""`./dev test` (what CI runs) exits non-zero when any step fails, and says which.
+
+Each test copies the working tree into a temporary folder, breaks one thing there (a failing
+unit test, a lint error, a conformance failure, a docs warning), runs the real `./dev test`
+on the copy with only the steps concerned, and reads its exit status and summary. The copy
+shares this checkout's .venv, so `./dev` finds its set-up done and runs the steps at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not (ROOT / ".venv" / ".dev-stamp").is_file() or shutil.which("git") is None,
+    reason="needs ./dev's .venv (run ./dev setup) and git",
+)
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """A copy of the checkout's tracked and unignored files, sharing its .venv."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    copy = tmp_path / "repo"
+    for name in filter(None, (n.decode() for n in listed)):
+        source = ROOT / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name, follow_symlinks=False)
+        elif source.is_symlink():  # e.g. the suite's golden_vectors link into spec/vectors
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(source), copy / name)
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    return copy
+
+
+def dev(tree: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run the copy's ./dev with `args`; stdout and stderr together in `.stdout`."""
+    packages = [tree, tree / "backends", tree / "conformance"]
+    result = subprocess.run(
+        ["bash", str(tree / "dev"), *args],
+        cwd=tree,
+        # The editable install maps the packages to this checkout: the copy's come first.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, packages)), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    assert "setting up" not in result.stdout, "the copy should reuse the checkout's .venv"
+    return result
+
+
+def summary(result: subprocess.CompletedProcess) -> dict[str, str]:
+    """{step: "ok" | "FAILED"} from the table `./dev test` prints last."""
+    table = result.stdout.split("== ./dev test summary", 1)[-1]
+    rows = (line.split() for line in table.splitlines())
+    return {row[0]: row[1] for row in rows if len(row) == 4 and row[3] == "s"}
+
+
+def test_the_lint_step_passes_on_the_unmodified_tree(tree):
+    result = dev(tree, "test", "lint")
+    assert result.returncode == 0, result.stdout
+    assert summary(result) == {"lint": "ok"}
+
+
+def test_a_lint_error_fails_the_job_though_the_format_check_after_it_passes(tree):
+    (tree / "nonlocal_core" / "unused_import.py").write_text("import os\n")
+    result = dev(tree, "test", "lint")
+    assert result.returncode != 0, result.stdout
+    assert summary(result) == {"lint": "FAILED"}
+    assert "./dev test FAILED: lint" in result.stdout
+
+
+def test_a_failing_unit_test_fails_the_job_and_later_steps_still_run(tree):
+    shutil.rmtree(tree / "tests")
+    (tree / "tests").mkdir()
+    (tree / "tests" / "test_one_passes_one_fails.py").write_text(
+        "def test_passes():\n    assert True\n\n\ndef test_fails():\n    assert 1 == 2\n"
+    )
+    result = dev(tree, "test", "unit", "doctest")
+    assert result.returncode != 0, result.stdout
+    assert summary(result) == {"unit": "FAILED", "doctest": "ok"}
+    assert "1 failed, 1 passed" in result.stdout
+
+
+def test_a_conformance_failure_fails_the_job(tree):
+    # A deliberately wrong adapter (the paper's formula without the logit scale) next to a
+    # correct one: the correct one passing must not hide the other's failure.
+    mutant = "nonlocal_conformance.mutants:NoLogitScale"
+    result = dev(tree, "test", "conformance", DEV_BACKENDS=f"{mutant} numpy")
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert summary(result) == {"conformance": "FAILED"}
+    assert f"conformance FAILED for: {mutant}" in result.stdout
+
+
+def test_a_docs_warning_fails_the_job(tree):
+    page = tree / "docs" / "index.md"
+    page.write_text(page.read_text() + "\nSee [a page that does not exist](missing.md).\n")
+    result = dev(tree, "test", "docs")
+    assert result.returncode != 0, result.stdout
+    assert summary(result) == {"docs": "FAILED"}
+    assert "missing.md" in result.stdout
+
+
+def test_an_unknown_step_is_an_error_naming_it(tree):
+    result = dev(tree, "test", "lint", "unit-tests")
+    assert result.returncode == 2
+    assert "unknown step 'unit-tests'" in result.stdout
