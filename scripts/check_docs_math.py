@@ -223,7 +223,7 @@ def chromium(browser: str, url: str, *extra: str, timeout: float = 120) -> str:
 def build_site(site: Path) -> None:
     """``mkdocs build --strict`` into `site` (the same command as ``./dev docs``)."""
     subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         check=True,
     )
