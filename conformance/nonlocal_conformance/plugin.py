@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 import nonlocal_core
 
@@ -32,6 +33,7 @@ from .vectors import VectorCase, load_case, load_index
 SUITE_VERSION = "1.0"
 VECTORS_ENV_VAR = "NONLOCAL_VECTORS"
 TESTS_PACKAGE = "nonlocal_conformance.tests"
+HYPOTHESIS_HOME_ENV_VAR = "HYPOTHESIS_STORAGE_DIRECTORY"  # Hypothesis's own variable
 
 _RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 # dev: quick local runs. ci: deterministic (derandomize: the same examples on every run and
@@ -96,6 +98,22 @@ def pytest_configure(config: pytest.Config) -> None:
     wants_suite = config.getoption("backend") or os.environ.get(ENV_VAR)
     if wants_suite and not config.getoption("hypothesis_profile", None):
         settings.load_profile("dev")
+    if wants_suite and not os.environ.get(HYPOTHESIS_HOME_ENV_VAR):
+        set_hypothesis_home_dir(hypothesis_home())
+
+
+def hypothesis_home() -> Path:
+    """Where the suite keeps Hypothesis's files (example database, caches): the user's cache.
+
+    Hypothesis would otherwise write ``.hypothesis/`` into the working directory. Set
+    ``$HYPOTHESIS_STORAGE_DIRECTORY`` to choose another place.
+
+    Example:
+        >>> hypothesis_home().parts[-2:]
+        ('nonlocal-conformance', 'hypothesis')
+    """
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "nonlocal-conformance" / "hypothesis"
 
 
 def find_vectors(config: pytest.Config) -> Path | None:

@@ -14,6 +14,7 @@ MODULES = [
     "nonlocal_conformance.dtypes",
     "nonlocal_conformance.mutants",
     "nonlocal_conformance.numpy_adapter",
+    "nonlocal_conformance.plugin",
     "nonlocal_conformance.report",
     "nonlocal_conformance.strategies",
     "nonlocal_conformance.suite",
