@@ -5,6 +5,11 @@
 is specified in ``spec/nonlocal.md`` (section "Golden vectors"): one JSON file per case plus
 ``index.json``; every tensor is ``{"shape": [...], "dtype": "float64" | "bool", "data": [...]}``
 with ``data`` flattened row-major and floats written as shortest round-trip decimals.
+
+Inputs and weights come from NumPy's seeded generator (no BLAS: the same bytes everywhere);
+the expected z and attention from `nonlocal_core.oracle`, the exact result correctly rounded
+to float64, so the files are the same bytes on every machine (the float64 reference's own
+results differ in the last bits between BLAS kernels). Generating needs ``mpmath``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import SPEC_VERSION, NonLocalConfig
-from .reference import nonlocal_forward
+from .oracle import exact_forward
 from .weights import init_weights, random_weights
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "spec" / "vectors"
@@ -258,7 +263,7 @@ def _inputs(case: dict, config: NonLocalConfig, rng: np.random.Generator) -> dic
 
 
 def build_case(case: dict, seed: int) -> dict:
-    """Compute one golden case (inputs, weights, expected outputs) from its recipe.
+    """Compute one golden case (inputs, weights, exact expected outputs) from its recipe.
 
     Example:
         >>> c = build_case(CASES[0], seed=0)
@@ -273,7 +278,7 @@ def build_case(case: dict, seed: int) -> dict:
     else:
         weights = random_weights(config, seed=seed, scale=1.0)
     training = bool(case.get("training", False))
-    z, attention = nonlocal_forward(
+    z, attention = exact_forward(
         inputs["x"],
         weights,
         config,
