@@ -101,8 +101,9 @@ def test_a_conformance_failure_fails_the_job(tree):
     mutant = "nonlocal_conformance.mutants:NoLogitScale"
     result = dev(tree, "test", "conformance", DEV_BACKENDS=f"{mutant} numpy")
     assert result.returncode != 0, result.stdout[-3000:]
-    assert summary(result) == {"conformance": "FAILED"}
-    assert f"conformance FAILED for: {mutant}" in result.stdout
+    assert summary(result) == {f"conformance-{mutant}": "FAILED", "conformance-numpy": "ok"}
+    assert f"./dev test FAILED: conformance-{mutant}" in result.stdout
+    assert "backend" in result.stdout.split("== conformance summary", 1)[1], "no summary table"
 
 
 def test_a_docs_warning_fails_the_job(tree):
@@ -118,3 +119,4 @@ def test_an_unknown_step_is_an_error_naming_it(tree):
     result = dev(tree, "test", "lint", "unit-tests")
     assert result.returncode == 2
     assert "unknown step 'unit-tests'" in result.stdout
+    assert "== step lint" not in result.stdout, "nothing runs when a step name is wrong"
