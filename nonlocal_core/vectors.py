@@ -33,7 +33,8 @@ def _case(name: str, description: str, config: dict, **options: Any) -> dict:
     return {"name": name, "description": description, "config": config, **options}
 
 
-# Each case: (B, spatial extent of x), optional context extent, mask pattern, mode.
+# Each case: (B, spatial extent of x), optional context extent, mask pattern, mode, and the
+# seed of its inputs and weights (default: its index in CASES).
 CASES = [
     _case(
         "embedded_2d",
@@ -147,6 +148,8 @@ CASES = [
         },
         x=(2, (4, 4)),
         mask="empty_row",
+        # The case's index as seed gave ReLU(w_f . [theta_i; phi_j]) = 0 for every pair.
+        seed=107,
     ),
     _case(
         "concat_3d_before_train",
@@ -181,6 +184,7 @@ CASES = [
         },
         x=(2, (2, 2, 2)),
         context=(3, 4, 5),
+        seed=107,  # as above: a seed whose attention is not all 0
     ),
     _case(
         "context_gaussian_1d",
@@ -324,8 +328,8 @@ def generate() -> dict[str, str]:
     """
     files = {}
     index = []
-    for seed, case in enumerate(CASES):
-        built = build_case(case, seed)
+    for position, case in enumerate(CASES):
+        built = build_case(case, case.get("seed", position))
         files[f"{case['name']}.json"] = render(built)
         index.append(
             {

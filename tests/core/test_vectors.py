@@ -153,3 +153,10 @@ def test_vectors_cover_every_option_the_issue_lists():
         for value in values:
             assert (field, value) in seen, (field, value)
     assert any(c["config"].subsample is not None for c in configs)
+
+
+@pytest.mark.parametrize("case", NAMES)
+def test_every_vector_exercises_its_pairwise_function(case):
+    # An all-zero attention (a concatenation whose ReLU cut every pair) would leave f untested.
+    attention = load_case(DEFAULT_DIR / f"{case}.json")["expected"]["attention"]
+    assert (attention > 0).any() and (attention < 1).any()
