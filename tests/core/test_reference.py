@@ -149,10 +149,15 @@ def test_two_positions_embedded_gaussian_by_hand():
 
 def test_two_positions_gaussian_default_scale_is_one_over_sqrt_c():
     # spec: INST-1 INST-3
-    cfg, w = two_position_block("gaussian")
-    _, a = nonlocal_forward(X2, w, cfg, return_attention=True)
-    # d = C = 1, so the default scale is 1: same as the unscaled case above.
-    np.testing.assert_allclose(a[0, 0, 1], math.e**2 / (math.e**1 + math.e**2), rtol=1e-15)
+    # d = C = 4: 1/sqrt(C) = 1/2 differs from 1/C = 1/4 and from no scale at all.
+    cfg = NonLocalConfig(4, spatial_dims=1, instantiation="gaussian", norm=None)
+    x = np.array([[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, -1.0]]])  # x_0 = (1, 1, 1, 1)
+    # x_0 . x_0 = 4, x_0 . x_1 = 2: row 0's logits are (4, 2) / sqrt(4) = (2, 1).
+    _, a = nonlocal_forward(x, random_weights(cfg, seed=0), cfg, return_attention=True)
+    np.testing.assert_allclose(a[0, 0, 1], math.e**1 / (math.e**2 + math.e**1), rtol=1e-15)
+    for wrong_scale in (1 / 4, 1.0):  # what the test must tell apart
+        wrong = math.exp(2 * wrong_scale) / (math.exp(4 * wrong_scale) + math.exp(2 * wrong_scale))
+        assert abs(a[0, 0, 1] - wrong) > 0.05
 
 
 def test_two_positions_dot_product_divides_by_key_count():
