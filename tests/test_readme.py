@@ -1,7 +1,9 @@
-"""The README's code runs: its usage examples and the two set-up commands it names."""
+"""The README's code runs and keeps its promises: its usage examples and the two set-up
+commands it names."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -13,6 +15,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+# What each usage example promises about its output, checked here after the example has run,
+# whatever asserts the example itself keeps.
+PROMISES = {
+    "nonlocal_core": "z.shape == x.shape and attention.shape == (2, 4 * 14 * 14, 4 * 7 * 7)",
+    "nonlocal_torch": "z.shape == x.shape and torch.equal(z, x)",  # a new block: the identity
+    "nonlocal_keras": "z.shape == x.shape and bool(keras.ops.all(z == x))",
+}
+
+
+def _library(block: str) -> str:
+    (library,) = [name for name in PROMISES if name in block]
+    return library
 
 
 def test_readme_has_numpy_torch_and_keras_examples():
@@ -26,13 +40,22 @@ def test_readme_has_numpy_torch_and_keras_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index):
+def test_readme_example_runs_and_keeps_its_promise(index):
+    block = BLOCKS[index]
+    # A reader sees the promise in the example itself, as an assert.
+    assert any(isinstance(node, ast.Assert) for node in ast.walk(ast.parse(block)))
+    check = f"\nassert {PROMISES[_library(block)]}\nprint('promise kept')\n"
     # Keras examples run on the torch backend here: the fastest to import of the three.
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     result = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-c", block + check],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("promise kept\n")
 
 
 def test_readme_commands_are_the_dev_jobs_ci_runs():

@@ -8,22 +8,38 @@ framework itself is not installed. Any other failure, an import error inside a b
 included, is a failure. Only the standard library is used, so the runner adds nothing to the
 namespace the blocks see.
 
+A page shows what a statement prints with a ``# -> OUTPUT`` comment at the end of the
+statement (its last line, for one spanning several); the runner checks that the statement
+printed exactly OUTPUT, where ``...`` stands for any text (doctest's ELLIPSIS), and fails
+with `OutputMismatch` otherwise:
+
+    print(cfg.inter_channels, round(cfg.scale, 4))  # -> 8 0.3536
+
 Example:
     >>> page = "Text.\\n\\n```python\\nx = 1\\n```\\n\\n```bash\\necho no\\n```\\n"
     >>> [(b.line, b.language, b.code) for b in parse_blocks(page)]
     [(4, 'python', 'x = 1\\n'), (8, 'bash', 'echo no\\n')]
+    >>> expected_outputs(Block(4, "python", "print(1 + 1)  # -> 2\\n"))
+    {4: '2'}
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import dataclasses
+import doctest
 import importlib
+import io
 import re
 import sys
+import tokenize
 from pathlib import Path
 
 SKIP_EXIT = 77
+
+_EXPECTED = re.compile(r"^#\s*->\s?(?P<output>.*?)\s*$")
 
 _FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 
@@ -99,15 +115,80 @@ def missing_requirement(requirement: str) -> str | None:
     return None
 
 
-def run_page(page: Path) -> int:
-    """Execute the python blocks of `page` in order in one namespace; returns the count."""
+class OutputMismatch(AssertionError):
+    """A statement printed something other than the output its page shows."""
+
+
+def expected_outputs(block: Block) -> dict[int, str]:
+    """Page line -> the output a ``# -> OUTPUT`` comment on that line shows."""
+    comments = tokenize.generate_tokens(io.StringIO(block.code).readline)
+    found = {}
+    for token in comments:
+        match = _EXPECTED.match(token.string) if token.type == tokenize.COMMENT else None
+        if match:
+            found[block.line + token.start[0] - 1] = match["output"]
+    return found
+
+
+def statements(block: Block, page: Path) -> list[ast.stmt]:
+    """The block's top-level statements, numbered with the page's own line numbers."""
+    tree = ast.parse(block.code, filename=str(page))
+    ast.increment_lineno(tree, block.line - 1)
+    return tree.body
+
+
+def unchecked_prints(block: Block, page: Path) -> list[int]:
+    """Page lines of top-level statements that call print() but show no expected output.
+
+    Example:
+        >>> unchecked_prints(Block(1, "python", "print(1)\\nprint(2)  # -> 2\\n"), Path("p"))
+        [1]
+    """
+    shown = expected_outputs(block)
+    return [
+        statement.lineno
+        for statement in statements(block, page)
+        if statement.end_lineno not in shown
+        and any(
+            isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+            for node in ast.walk(statement)
+        )
+    ]
+
+
+def run_page(page: Path) -> tuple[int, int]:
+    """Execute the python blocks of `page` in order in one namespace, checking every shown
+    output; returns the number of blocks and of outputs checked."""
     namespace: dict = {"__name__": "__main__"}
     blocks = python_blocks(page)
+    checked = 0
+    checker = doctest.OutputChecker()
     for block in blocks:
-        # Pad with newlines so a traceback's line numbers are the page's own.
-        source = "\n" * (block.line - 1) + block.code
-        exec(compile(source, str(page), "exec"), namespace)
-    return len(blocks)
+        shown = expected_outputs(block)
+        body = statements(block, page)
+        misplaced = set(shown) - {statement.end_lineno for statement in body}
+        if misplaced:
+            raise OutputMismatch(
+                f"{page}, line {min(misplaced)}: a '# -> output' comment must end a top-level "
+                "statement"
+            )
+        for statement in body:
+            code = compile(ast.Module([statement], type_ignores=[]), str(page), "exec")
+            if statement.end_lineno not in shown:
+                exec(code, namespace)
+                continue
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(code, namespace)
+            want, got = shown[statement.end_lineno], printed.getvalue()
+            sys.stdout.write(got)
+            if not checker.check_output(want + "\n", got, doctest.ELLIPSIS):
+                raise OutputMismatch(
+                    f"{page}, line {statement.end_lineno}: the page shows {want!r}, "
+                    f"the code printed {got.rstrip(chr(10))!r}"
+                )
+            checked += 1
+    return len(blocks), checked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:
             print(f"SKIP: {reason}", file=sys.stderr)
             return SKIP_EXIT
-    count = run_page(args.page)
-    print(f"{args.page}: {count} python blocks ran")
+    count, checked = run_page(args.page)
+    print(f"{args.page}: {count} python blocks ran, {checked} shown outputs checked")
     return 0
 
 

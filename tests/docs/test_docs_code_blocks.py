@@ -1,4 +1,5 @@
-"""Every ``python`` block of every documentation page runs, in order, as a reader would.
+"""Every ``python`` block of every documentation page runs, in order, as a reader would, and
+prints what the page shows it printing (its ``# -> OUTPUT`` comments, see ``blocks``).
 
 Each page runs in a fresh interpreter (Keras reads KERAS_BACKEND once per process), from a
 temporary working directory. The Keras quick start runs once per Keras backend. A page is
@@ -14,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.blocks import SKIP_EXIT, parse_blocks, python_blocks
+from tests.docs import blocks as blocks_module
+from tests.docs.blocks import (
+    SKIP_EXIT,
+    expected_outputs,
+    parse_blocks,
+    python_blocks,
+    unchecked_prints,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -34,6 +42,17 @@ MUST_HAVE_BLOCKS = {
     "quickstart-keras.md": 3,
     "conformance.md": 2,
 }
+# Pages that must keep showing (checked) outputs: losing them would pass vacuously too.
+MUST_SHOW_OUTPUTS = {
+    "quickstart-numpy.md": 8,
+    "quickstart-torch.md": 6,
+    "quickstart-keras.md": 6,
+    "conformance.md": 1,
+}
+
+
+def _shown_outputs(page: Path) -> int:
+    return sum(len(expected_outputs(block)) for block in python_blocks(page))
 
 
 def _cases():
@@ -61,12 +80,52 @@ def test_page_code_runs(page: Path, requires, keras_backend, tmp_path):
     if result.returncode == SKIP_EXIT:
         pytest.skip(result.stderr.strip())
     assert result.returncode == 0, f"{page.name} failed:\n{result.stdout}\n{result.stderr}"
-    assert f"{len(python_blocks(page))} python blocks ran" in result.stdout
+    blocks, shown = len(python_blocks(page)), _shown_outputs(page)
+    assert f"{blocks} python blocks ran, {shown} shown outputs checked" in result.stdout
 
 
 @pytest.mark.parametrize(("name", "minimum"), sorted(MUST_HAVE_BLOCKS.items()))
 def test_pages_keep_their_examples(name: str, minimum: int):
     assert len(python_blocks(DOCS / name)) >= minimum, f"docs/{name} lost its python examples"
+
+
+@pytest.mark.parametrize(("name", "minimum"), sorted(MUST_SHOW_OUTPUTS.items()))
+def test_pages_keep_showing_their_outputs(name: str, minimum: int):
+    assert _shown_outputs(DOCS / name) >= minimum, f"docs/{name} lost its shown outputs"
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=lambda p: p.name)
+def test_every_print_on_a_page_shows_its_output(page: Path):
+    unchecked = [line for b in python_blocks(page) for line in unchecked_prints(b, page)]
+    assert unchecked == [], f"{page.name}: print() without a '# -> output' on lines {unchecked}"
+
+
+def _run_page(tmp_path, text: str) -> subprocess.CompletedProcess:
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    return subprocess.run(
+        [sys.executable, str(RUNNER), str(page)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_page_that_shows_a_wrong_output_fails_with_its_line(tmp_path):
+    good = "```python\nx = 2\nprint(x, x * 0.5)  # -> 2 1.0\n"
+    good += "print(\n    [x] * 9\n)  # -> [2, ...]\n```\n"  # one statement on 3 lines
+    result = _run_page(tmp_path, good)
+    assert result.returncode == 0, result.stderr
+    assert "1 python blocks ran, 2 shown outputs checked" in result.stdout
+    lie = _run_page(tmp_path, good.replace("# -> 2 1.0", "# -> 3 1.5"))
+    assert lie.returncode == 1
+    assert "page.md, line 3: the page shows '3 1.5', the code printed '2 1.0'" in lie.stderr
+    misplaced = _run_page(tmp_path, good.replace("[x] * 9\n", "[x] * 9  # -> [2]\n"))
+    assert misplaced.returncode == 1 and "must end a top-level statement" in misplaced.stderr
+
+
+def test_blocks_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(blocks_module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_block_line_numbers_are_the_pages():
