@@ -27,15 +27,13 @@ import numpy as np
 
 from .config import NonLocalConfig
 from .reference import (
-    _as_float64,
-    flat_key_mask,
     from_positions,
     max_pool,
+    prepare_inputs,
     prepare_weights,
     to_grid,
     to_positions,
 )
-from .shapes import check_shapes
 
 # 200 bits: sums of at most a few hundred products of float64 numbers and a handful of
 # exp/sqrt/divisions lose a few bits each, leaving far more than the 53 float64 keeps.
@@ -105,21 +103,7 @@ def exact_forward(
     """
     import mpmath
 
-    if not isinstance(config, NonLocalConfig):
-        raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
-    x = _as_float64(x, "x")
-    context = None if context is None else _as_float64(context, "context")
-    shapes = check_shapes(
-        config,
-        x.shape,
-        None if context is None else context.shape,
-        None if key_mask is None else np.shape(key_mask),
-    )
-    valid = (
-        np.ones((shapes.batch, shapes.num_keys), dtype=bool)
-        if key_mask is None
-        else flat_key_mask(key_mask, shapes.batch, shapes.num_keys)
-    )
+    x, context, mask = prepare_inputs(x, config, context, key_mask)
 
     # A context of our own: the global mpmath.mp precision stays as the caller set it.
     ctx = mpmath.MPContext()
@@ -161,8 +145,10 @@ def exact_forward(
         if config.is_softmax:
             pre = pre * ctx.mpf(config.scale)
 
+    batch, _, num_keys = pre.shape
+    valid = np.ones((batch, num_keys), dtype=bool) if mask is None else mask
     attention = np.full(pre.shape, ctx.zero, dtype=object)
-    for b in range(shapes.batch):
+    for b in range(batch):
         keys = valid[b]
         if not keys.any():
             continue  # no valid key: an all-zero attention row, so y_i = 0

@@ -274,6 +274,31 @@ def prepare_weights(weights: Mapping, config: NonLocalConfig) -> dict[str, np.nd
     return {name: _as_float64(value, f"weights[{name!r}]") for name, value in weights.items()}
 
 
+def prepare_inputs(x, config: NonLocalConfig, context=None, key_mask=None):
+    """Check the config and the inputs' dtypes and shapes; return float64 ``x`` and ``context``
+    and the key mask as (B, N') booleans (``None`` stay ``None``).
+
+    Example:
+        >>> cfg = NonLocalConfig(2, spatial_dims=1, subsample=True)
+        >>> x, ctx, mask = prepare_inputs(np.ones((1, 2, 4), np.float32), cfg,
+        ...                               key_mask=np.ones((1, 2), bool))
+        >>> x.dtype, ctx, mask.shape
+        (dtype('float64'), None, (1, 2))
+    """
+    if not isinstance(config, NonLocalConfig):
+        raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+    x = _as_float64(x, "x")
+    context = None if context is None else _as_float64(context, "context")
+    shapes = check_shapes(
+        config,
+        x.shape,
+        None if context is None else context.shape,
+        None if key_mask is None else np.shape(key_mask),
+    )
+    mask = None if key_mask is None else flat_key_mask(key_mask, shapes.batch, shapes.num_keys)
+    return x, context, mask
+
+
 def nonlocal_forward(
     x,
     weights: Mapping,
@@ -303,18 +328,8 @@ def nonlocal_forward(
         >>> bool(np.array_equal(z, x)), a.shape  # a new block is the identity
         (True, (2, 15, 15))
     """
-    if not isinstance(config, NonLocalConfig):
-        raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
-    x = _as_float64(x, "x")
-    context = None if context is None else _as_float64(context, "context")
-    shapes = check_shapes(
-        config,
-        x.shape,
-        None if context is None else context.shape,
-        None if key_mask is None else np.shape(key_mask),
-    )
+    x, context, mask = prepare_inputs(x, config, context, key_mask)
     w = prepare_weights(weights, config)
-    mask = None if key_mask is None else flat_key_mask(key_mask, shapes.batch, shapes.num_keys)
 
     x_grid = to_grid(x, config)
     ctx_grid = x_grid if context is None else to_grid(context, config)

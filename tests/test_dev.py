@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import mutations  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / ".venv" / ".dev-stamp").is_file() or shutil.which("git") is None,
@@ -26,21 +29,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def tree(tmp_path) -> Path:
     """A copy of the checkout's tracked and unignored files, sharing its .venv."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    copy = tmp_path / "repo"
-    for name in filter(None, (n.decode() for n in listed)):
-        source = ROOT / name
-        if source.is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / name, follow_symlinks=False)
-        elif source.is_symlink():  # e.g. the suite's golden_vectors link into spec/vectors
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.readlink(source), copy / name)
+    copy = mutations.copy_tree(ROOT, tmp_path / "repo")
     (copy / ".venv").symlink_to(ROOT / ".venv")
     return copy
 
