@@ -11,6 +11,7 @@ float64 tier runs in float64 rather than silently in float32.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -95,7 +96,11 @@ class KerasAdapter:
             keras.backend.clear_session(free_memory=False)
         with self._device(device):
             block = NonLocalBlock(**config.to_dict(), dtype=dtype)
-            block.load_canonical_weights(weights)
+            if self.backend == "jax":
+                with _no_random_init(block):
+                    block.load_canonical_weights(weights)
+            else:
+                block.load_canonical_weights(weights)
         block._conformance_device = device
         return block
 
@@ -105,7 +110,8 @@ class KerasAdapter:
         with self._device(block._conformance_device):
             value = np.asarray(value)
             if value.dtype == np.bool_:
-                return ops.convert_to_tensor(value)
+                # An explicit dtype: without one, JAX compiles a copy per mask shape.
+                return ops.convert_to_tensor(value, dtype="bool")
             if not np.issubdtype(value.dtype, np.floating):
                 return ops.convert_to_tensor(value)  # the layer reports the bad dtype
             return ops.convert_to_tensor(value, dtype=block.compute_dtype)
@@ -308,6 +314,36 @@ def _jit_key(block, kind: str, training: bool, return_attention: bool) -> tuple:
         training,
         return_attention,
     )
+
+
+@contextlib.contextmanager
+def _no_random_init(block):
+    """Create `block`'s weights as zeros copied from the host, not by its initialisers.
+
+    `load_canonical_weights` checks that `weights` holds every weight before it builds, and
+    overwrites them all right after, so the initial values are never read. Drawing them on
+    JAX compiles a random normal (and its scale and shift, or a fill) per weight shape:
+    about 280 compilations and an eighth of a `ci` run.
+    """
+    add_weight = block.add_weight
+
+    def add_zero_weight(*args, initializer=None, **kwargs):
+        return add_weight(*args, initializer=_host_zeros, **kwargs)
+
+    # On the instance only, past Keras's attribute tracking, which would record it.
+    object.__setattr__(block, "add_weight", add_zero_weight)
+    try:
+        yield
+    finally:
+        object.__delattr__(block, "add_weight")
+
+
+def _host_zeros(shape, dtype=None):
+    import jax
+    import jax.numpy as jnp
+
+    # device_put, not jnp.asarray: that would compile a copy per shape.
+    return jax.device_put(np.zeros(shape, dtype=jnp.dtype(dtype or keras.config.floatx())))
 
 
 def _all_float_or_bool(tensors) -> bool:
