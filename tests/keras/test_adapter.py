@@ -78,3 +78,27 @@ def test_half_precision_single_position_compiles(instantiation, dtype):
     assert out.dtype == dtype and np.isfinite(out.z).all()
     grads = adapter.gradients(block, x, np.ones_like(x))
     assert all(np.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX compiles a program per shape for each op")
+def test_building_a_block_draws_no_initial_weights_on_jax(adapter):
+    # The suite builds over a thousand blocks whose weights it replaces at once: on JAX the
+    # initialisers' random draws compiled ~280 programs per ci run (see KerasAdapter.build).
+    import jax.monitoring
+
+    compiled = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        cfg = NonLocalConfig(7, spatial_dims=3, inter_channels=3, instantiation="concatenation")
+        weights = random_weights(cfg, seed=5)
+        block = adapter.build(cfg, weights, dtype="float32", device="cpu")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert block.canonical_weights().keys() == weights.keys()
+    drawn = [name for name in compiled if "convert_element_type" not in name]
+    assert drawn == [], f"building compiled {drawn}"
