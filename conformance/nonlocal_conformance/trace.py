@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -207,6 +208,60 @@ def _embed(name: str | None, ctx_grid, weights, config, p: Precision) -> Embeddi
     return Embedding(_flat(value), _flat(err), projected, err_projected, ctx_grid, None, name)
 
 
+def batch_norm_step(
+    p: Precision,
+    u: np.ndarray,
+    err_u: np.ndarray,
+    weights: Mapping[str, np.ndarray],
+    eps: float,
+    training: bool,
+):
+    """BN of u (channels last; statistics over every other axis) and its error bound.
+
+    Returns ``(v, err_v, mean, std, err_std)``; the last three (the batch statistics, which
+    the analytic backward reuses) are None in inference, which uses the running ones.
+    `err_u` bounds how far the implementation's u may be from `u`.
+
+    Example:
+        >>> u = np.array([[1.0], [3.0]])
+        >>> w = {"norm.gamma": np.ones(1), "norm.beta": np.zeros(1)}
+        >>> v, err_v, mean, std, _ = batch_norm_step(
+        ...     Precision.default("float32"), u, np.zeros_like(u), w, 1e-5, True)
+        >>> v.round(4).ravel().tolist(), bool((err_v < 1e-5).all())
+        ([-1.0, 1.0], True)
+    """
+    us = p.u_storage
+    ulps = TRANSCENDENTAL_ULPS * us
+    gamma, beta = weights["norm.gamma"], weights["norm.beta"]
+    axes = tuple(range(u.ndim - 1))
+    if not training:
+        mean, var = weights["norm.running_mean"], weights["norm.running_var"]
+        k = gamma / np.sqrt(var + eps)
+        v = (u - mean) * k + beta
+        # k costs an add, a sqrt and a division; implementations fold the affine map in
+        # different orders (u k + (beta - mean k) or (u - mean) k + beta): bounding
+        # every term's magnitude covers both.
+        terms = np.abs(k) * (np.abs(u) + np.abs(mean)) + np.abs(beta)
+        return v, np.abs(k) * err_u + (3 * us + 2 * ulps) * terms, None, None, None
+    m = math.prod(u.shape[:-1])
+    mean = u.mean(axis=axes)
+    centred = u - mean
+    var = (centred**2).mean(axis=axes)
+    std = np.sqrt(var + eps)
+    err_mean = err_u.mean(axis=axes) + scaled(p.gamma(m + 1), np.abs(u).mean(axis=axes))
+    # Covers two-pass and one-pass (E[u^2] - E[u]^2) variance: the latter cancels,
+    # so its rounding is relative to E[u^2] + mean^2, not to the variance.
+    err_var = 2 * (np.abs(centred) * (err_u + err_mean)).mean(axis=axes)
+    err_var += scaled(p.gamma(m + 3), (u**2).mean(axis=axes) + mean**2)
+    err_std = err_var / (2 * std) + (ulps + us) * std
+    r = centred / std
+    err_r = (err_u + err_mean) / std + np.abs(r) * err_std / std
+    err_r += (us + ulps) * np.abs(r)
+    v = r * gamma + beta
+    err_v = np.abs(gamma) * err_r + 2 * us * (np.abs(r * gamma) + np.abs(beta))
+    return v, err_v, mean, std, err_std
+
+
 def trace_forward(
     x: np.ndarray,
     weights: Mapping[str, np.ndarray],
@@ -327,33 +382,9 @@ def trace_forward(
 
     bn_mean = bn_std = err_bn_std = None
     if config.norm == "batch":
-        gamma, beta_bn, eps = w["norm.gamma"], w["norm.beta"], config.norm_eps
-        if training:
-            m = u.shape[0] * u.shape[1]
-            bn_mean = u.mean(axis=(0, 1))
-            centred = u - bn_mean
-            var = (centred**2).mean(axis=(0, 1))
-            bn_std = np.sqrt(var + eps)
-            err_mean = err_u.mean(axis=(0, 1)) + scaled(p.gamma(m + 1), np.abs(u).mean(axis=(0, 1)))
-            # Covers two-pass and one-pass (E[u^2] - E[u]^2) variance: the latter cancels,
-            # so its rounding is relative to E[u^2] + mean^2, not to the variance.
-            err_var = 2 * (np.abs(centred) * (err_u + err_mean)).mean(axis=(0, 1))
-            err_var += scaled(p.gamma(m + 3), (u**2).mean(axis=(0, 1)) + bn_mean**2)
-            err_bn_std = err_var / (2 * bn_std) + (ulps + us) * bn_std
-            r = centred / bn_std
-            err_r = (err_u + err_mean) / bn_std + np.abs(r) * err_bn_std / bn_std
-            err_r += (us + ulps) * np.abs(r)
-            v = r * gamma + beta_bn
-            err_v = np.abs(gamma) * err_r + 2 * us * (np.abs(r * gamma) + np.abs(beta_bn))
-        else:
-            mean, var = w["norm.running_mean"], w["norm.running_var"]
-            k = gamma / np.sqrt(var + eps)
-            v = (u - mean) * k + beta_bn
-            # k costs an add, a sqrt and a division; implementations fold the affine map in
-            # different orders (u k + (beta - mean k) or (u - mean) k + beta): bounding
-            # every term's magnitude covers both.
-            terms = np.abs(k) * (np.abs(u) + np.abs(mean)) + np.abs(beta_bn)
-            err_v = np.abs(k) * err_u + (3 * us + 2 * ulps) * terms
+        v, err_v, bn_mean, bn_std, err_bn_std = batch_norm_step(
+            p, u, err_u, w, config.norm_eps, training
+        )
     else:
         v, err_v = u, err_u
     if config.residual:

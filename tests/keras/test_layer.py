@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nonlocal_conformance.dtypes import Precision, cast, unit_roundoff
-from nonlocal_conformance.trace import SAFETY, TRANSCENDENTAL_ULPS, trace_forward
+from nonlocal_conformance.trace import SAFETY, batch_norm_step, trace_forward
 from nonlocal_core import (
     INSTANTIATIONS,
     InputError,
@@ -155,29 +155,6 @@ def _as64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _float32_batch_norm_error(u, mean, var, gamma, beta, eps, training) -> np.ndarray:
-    """First-order bound on a float32 evaluation of BN(u) for (M, C) u, given u exactly.
-
-    The rules of `nonlocal_conformance.trace` (its BN step) with every stored result in
-    float32 and sums accumulated in float32.
-    """
-    p = Precision.default("float32")
-    us, ulps = p.u_storage, TRANSCENDENTAL_ULPS * p.u_storage
-    std = np.sqrt(var + eps)
-    if not training:
-        k = gamma / std
-        return (3 * us + 2 * ulps) * (np.abs(k) * (np.abs(u) + np.abs(mean)) + np.abs(beta))
-    m = u.shape[0]
-    centred = u - mean
-    err_mean = p.gamma(m + 1) * np.abs(u).mean(axis=0)
-    err_var = 2 * np.abs(centred).mean(axis=0) * err_mean
-    err_var += p.gamma(m + 3) * ((u**2).mean(axis=0) + mean**2)
-    err_std = err_var / (2 * std) + (ulps + us) * std
-    r = centred / std
-    err_r = err_mean / std + np.abs(r) * err_std / std + (us + ulps) * np.abs(r)
-    return np.abs(gamma) * err_r + 2 * us * (np.abs(r * gamma) + np.abs(beta))
-
-
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_policies(policy):
     """Half-precision storage, float32 BN statistics (the layer's claim), float32 variables."""
@@ -209,15 +186,12 @@ def test_mixed_precision_policies(policy):
         # The norm step alone, on the layer's own u: statistics and normalisation in float32
         # leave one rounding to the compute dtype (v) and one in the residual sum (z), plus
         # float32's own error. Half-precision statistics would add several more roundings.
-        if training:
-            mean, var = u.mean(axis=0), u.var(axis=0)
-        else:
-            mean, var = w_low["norm.running_mean"], w_low["norm.running_var"]
-        gamma, beta = w_low["norm.gamma"], w_low["norm.beta"]
-        v = (u - mean) * gamma / np.sqrt(var + cfg.norm_eps) + beta
+        # The tolerance model's BN step at float32, given u exactly (err_u = 0).
+        v, err_v, *_ = batch_norm_step(
+            Precision.default("float32"), u, np.zeros_like(u), w_low, cfg.norm_eps, training
+        )
         want = v + x_low.reshape(-1, 8)
-        bound = us * (np.abs(v) + np.abs(want))
-        bound += _float32_batch_norm_error(u, mean, var, gamma, beta, cfg.norm_eps, training)
+        bound = us * (np.abs(v) + np.abs(want)) + err_v
         assert (np.abs(z.reshape(-1, 8) - want) <= SAFETY * bound).all()
     inputs = keras.Input((5, 4, 8))
     model = keras.Model(inputs, block(inputs))
