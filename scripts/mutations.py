@@ -227,14 +227,24 @@ def caught(node_id: str, failed: list[str]) -> bool:
     return any(f == node_id or f.startswith((f"{node_id}[", f"{node_id}::")) for f in failed)
 
 
+def packages_path(tree: Path) -> str:
+    """A PYTHONPATH that imports `tree`'s own packages, ahead of the editable install (which
+    maps them to this checkout).
+
+    Example:
+        >>> packages_path(Path("/t")).split(os.pathsep)
+        ['/t', '/t/backends', '/t/conformance']
+    """
+    return os.pathsep.join(str(tree / folder) for folder in ("", "backends", "conformance"))
+
+
 def run_tests(
     tree: Path, tests: tuple[str, ...], keras_backend: str | None
 ) -> subprocess.CompletedProcess:
     """Run pytest on `tests` in `tree`, importing `tree`'s packages."""
-    packages = [tree, tree / "backends", tree / "conformance"]
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(map(str, packages)),
+        "PYTHONPATH": packages_path(tree),
         "HYPOTHESIS_STORAGE_DIRECTORY": str(tree / "build" / "hypothesis"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }

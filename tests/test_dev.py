@@ -36,12 +36,10 @@ def tree(tmp_path) -> Path:
 
 def dev(tree: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """Run the copy's ./dev with `args`; stdout and stderr together in `.stdout`."""
-    packages = [tree, tree / "backends", tree / "conformance"]
     result = subprocess.run(
         ["bash", str(tree / "dev"), *args],
         cwd=tree,
-        # The editable install maps the packages to this checkout: the copy's come first.
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, packages)), **env},
+        env={**os.environ, "PYTHONPATH": mutations.packages_path(tree), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
