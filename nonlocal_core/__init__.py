@@ -22,7 +22,7 @@ from .config import (
     ConfigError,
     NonLocalConfig,
 )
-from .io import load, save
+from .io import FileFormatError, load, save
 from .reference import nonlocal_forward
 from .shapes import BlockShapes, InputError, check_shapes
 from .weights import WeightError, check_weights, init_weights, random_weights, weight_shapes
@@ -38,6 +38,7 @@ __all__ = [
     "SPEC_VERSION",
     "BlockShapes",
     "ConfigError",
+    "FileFormatError",
     "InputError",
     "NonLocalConfig",
     "WeightError",

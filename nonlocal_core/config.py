@@ -40,6 +40,40 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def require_config(config: Any, name: str = "config") -> None:
+    """Raise TypeError unless `config` is a `NonLocalConfig` (a dict or kwargs are not).
+
+    Example:
+        >>> require_config({"in_channels": 4})
+        Traceback (most recent call last):
+        ...
+        TypeError: config must be a NonLocalConfig, got dict: build one with NonLocalConfig(...)
+    """
+    if not isinstance(config, NonLocalConfig):
+        raise TypeError(
+            f"{name} must be a NonLocalConfig, got {type(config).__name__}: build one with "
+            "NonLocalConfig(...)"
+        )
+
+
+def require_flag(value: Any, name: str) -> bool:
+    """`value` as a Python bool, or TypeError naming `name` (a string like "no" is truthy, so
+    anything but a bool would silently mean True).
+
+    Example:
+        >>> require_flag(True, "training")
+        True
+        >>> require_flag("no", "training")
+        Traceback (most recent call last):
+        ...
+        TypeError: training='no' is invalid: expected True or False
+    """
+    # numpy.bool_ is not a bool subclass but is a flag all the same.
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name}={value!r} is invalid: expected True or False")
+
+
 @dataclasses.dataclass(frozen=True)
 class NonLocalConfig:
     """Every parameter of a non-local block, validated and normalised on construction.
@@ -210,12 +244,21 @@ class NonLocalConfig:
             ... # doctest: +ELLIPSIS
             NonLocalConfig(in_channels=6, spatial_dims=2, instantiation='dot_product', ...)
         """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"NonLocalConfig.from_dict needs a mapping of fields, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
                 f"NonLocalConfig.from_dict got unknown field(s) {unknown}: "
                 f"expected a subset of {sorted(known)}"
+            )
+        if "in_channels" not in data:
+            raise ConfigError(
+                f"NonLocalConfig.from_dict got no 'in_channels' among {sorted(data)}: "
+                "it is required"
             )
         return cls(**dict(data))
 

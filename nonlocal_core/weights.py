@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .config import NonLocalConfig
+from .config import NonLocalConfig, require_config
 
 Weights = dict[str, np.ndarray]
 
@@ -28,6 +28,7 @@ def weight_shapes(config: NonLocalConfig) -> dict[str, tuple[int, ...]]:
         >>> weight_shapes(NonLocalConfig(8, instantiation="gaussian", norm=None))
         {'g.weight': (4, 8), 'g.bias': (4,), 'out.weight': (8, 4), 'out.bias': (8,)}
     """
+    require_config(config)
     c, ci, cc = config.in_channels, config.inter_channels, config.context_channels
     shapes: dict[str, tuple[int, ...]] = {}
     if config.instantiation != "gaussian":
@@ -110,6 +111,10 @@ def check_weights(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> 
         ...
         nonlocal_core.weights.WeightError: missing weight(s) ['g.bias', 'g.weight', 'out.bias', 'out.weight'] ...
     """  # noqa: E501
+    if not isinstance(weights, Mapping):
+        raise TypeError(
+            f"weights must be a mapping from canonical name to array, got {type(weights).__name__}"
+        )
     expected = weight_shapes(config)
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
@@ -124,8 +129,34 @@ def check_weights(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> 
             f"expected exactly {sorted(expected)}"
         )
     for name, shape in expected.items():
-        got = tuple(np.shape(weights[name]))
-        if got != shape:
-            raise WeightError(f"weight {name!r} has shape {got}, expected {shape}")
-    if "norm.running_var" in weights and np.any(np.asarray(weights["norm.running_var"]) < 0):
-        raise WeightError("weight 'norm.running_var' has negative entries: a variance is >= 0")
+        array = _as_array(weights[name], name)
+        if array.shape != shape:
+            raise WeightError(f"weight {name!r} has shape {array.shape}, expected {shape}")
+        if not is_real_dtype(array.dtype):
+            raise WeightError(
+                f"weight {name!r} has dtype {array.dtype}: expected a real (float or int) array"
+            )
+        # NaN passes (spec IO-4: non-finite values propagate); only a sure negative fails.
+        if name == "norm.running_var" and np.any(array < 0):
+            raise WeightError("weight 'norm.running_var' has negative entries: a variance is >= 0")
+
+
+def is_real_dtype(dtype) -> bool:
+    """Whether `dtype` is a real number type (any float or integer; not bool, complex, text).
+
+    Example:
+        >>> is_real_dtype(np.float16), is_real_dtype(np.int8), is_real_dtype(np.bool_)
+        (True, True, False)
+    """
+    dtype = np.dtype(dtype)
+    return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    """`value` as an array, or a `WeightError` naming the weight (ragged lists, odd objects)."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise WeightError(
+            f"weight {name!r} cannot be read as an array ({type(value).__name__}): {exc}"
+        ) from exc
