@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .config import NonLocalConfig
+from .config import NonLocalConfig, require_config, require_flag
 from .shapes import InputError, check_shapes
 from .weights import check_weights
 
@@ -180,12 +180,14 @@ def normalise(pairwise: np.ndarray, config: NonLocalConfig, mask: np.ndarray | N
     valid = np.ones((batch, n_keys), dtype=bool) if mask is None else mask
     valid = valid[:, None, :]
     if config.is_softmax:
+        # A row with no valid key is told by the mask, never by its values: NaN and infinite
+        # logits must propagate by IEEE arithmetic (spec IO-4), not read as "no key".
+        has_key = valid.any(axis=-1, keepdims=True)
         logits = np.where(valid, pairwise, -np.inf)
-        row_max = logits.max(axis=-1, keepdims=True)
-        row_max = np.where(np.isfinite(row_max), row_max, 0.0)  # rows with no valid key
+        row_max = np.where(has_key, logits.max(axis=-1, keepdims=True), 0.0)
         e = np.where(valid, np.exp(logits - row_max), 0.0)
         total = e.sum(axis=-1, keepdims=True)
-        return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+        return np.divide(e, total, out=np.zeros_like(e), where=has_key)
     count = valid.sum(axis=-1, keepdims=True).astype(np.float64)  # N' (valid keys only)
     f = np.where(valid, pairwise, 0.0)
     return np.divide(f, count, out=np.zeros_like(f), where=count > 0)
@@ -285,8 +287,7 @@ def prepare_inputs(x, config: NonLocalConfig, context=None, key_mask=None):
         >>> x.dtype, ctx, mask.shape
         (dtype('float64'), None, (1, 2))
     """
-    if not isinstance(config, NonLocalConfig):
-        raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+    require_config(config)
     x = _as_float64(x, "x")
     context = None if context is None else _as_float64(context, "context")
     shapes = check_shapes(
@@ -328,6 +329,8 @@ def nonlocal_forward(
         >>> bool(np.array_equal(z, x)), a.shape  # a new block is the identity
         (True, (2, 15, 15))
     """
+    training = require_flag(training, "training")
+    return_attention = require_flag(return_attention, "return_attention")
     x, context, mask = prepare_inputs(x, config, context, key_mask)
     w = prepare_weights(weights, config)
 

@@ -334,12 +334,13 @@ def trace_forward(
             pre, err_pre = dots, err_dots
 
     if config.is_softmax:
+        # As the reference: rows without a valid key are told by the mask, not by values.
+        has_key = valid.any(axis=-1, keepdims=True)
         logits = np.where(valid, pre, -np.inf)
-        row_max = logits.max(axis=-1, keepdims=True)
-        row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+        row_max = np.where(has_key, logits.max(axis=-1, keepdims=True), 0.0)
         e = np.where(valid, np.exp(logits - row_max), 0.0)
         total = e.sum(axis=-1, keepdims=True)
-        attention = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+        attention = np.divide(e, total, out=np.zeros_like(e), where=has_key)
         # softmax is shift-invariant, so logit errors |dl_j| <= eps give a relative error
         # <= exp(2 eps) - 1 in every a_ij; then per entry: the max subtraction (u_s), exp
         # (2 ulps), the N'-term sum of exps (gamma_N') and the division (2 ulps).
