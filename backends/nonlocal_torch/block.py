@@ -9,6 +9,7 @@ Semantics are those of `nonlocal_core.reference.nonlocal_forward`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nonlocal_core import InputError, NonLocalConfig, check_shapes, check_weights
+from nonlocal_core import InputError, NonLocalConfig, WeightError, check_shapes, check_weights
+from nonlocal_core.config import require_flag
 
 from .functional import nonlocal_attention
 from .strategies import check_strategy
@@ -92,7 +94,8 @@ class NonLocalBlock(nn.Module):
         )
         cfg = self.config
         self.strategy = check_strategy(strategy, cfg.instantiation)
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": _check_device(device), "dtype": _check_dtype(dtype)}
+        norm_momentum = _check_momentum(norm_momentum)
         conv = _CONV[cfg.spatial_dims]
         c, ci, cc = cfg.in_channels, cfg.inter_channels, cfg.context_channels
         # Gaussian dots raw features: no theta/phi modules at all (as in the canonical layout).
@@ -197,15 +200,25 @@ class NonLocalBlock(nn.Module):
             >>> float(block.concat.weight.detach()[0, 0]) != 0.0
             True
         """
-        tensors = {name: _as_tensor(value) for name, value in weights.items()}
-        check_weights(
-            {name: t.to("cpu", torch.float64).numpy() for name, t in tensors.items()},
-            self.config,
+        # Everything is read and checked before the first copy: a failed load changes nothing.
+        arrays = (
+            {name: _host_array(name, value) for name, value in weights.items()}
+            if isinstance(weights, Mapping)
+            else weights  # check_weights names the type
         )
+        check_weights(arrays, self.config)
         slots = self._canonical_slots()
+        sources = {
+            name: (
+                weights[name].detach()
+                if isinstance(weights[name], Tensor)
+                else torch.as_tensor(np.asarray(arrays[name]))
+            ).reshape(slot.shape)
+            for name, slot in slots.items()
+        }
         with torch.no_grad():
             for name, slot in slots.items():
-                slot.copy_(tensors[name].reshape(slot.shape))
+                slot.copy_(sources[name])
 
     # Forward ----------------------------------------------------------------------------------
 
@@ -300,6 +313,7 @@ class NonLocalBlock(nn.Module):
             torch.Size([2, 4, 7])
         """
         cfg = self.config
+        return_attention = require_flag(return_attention, "return_attention")
         ref = self.g.weight
         self._check_tensor("x", x, ref)
         if context is not None:
@@ -367,8 +381,65 @@ class NonLocalBlock(nn.Module):
         return ", ".join(parts)
 
 
-def _as_tensor(value: Any) -> Tensor:
-    return value.detach() if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+def _host_array(name: str, value: Any) -> Any:
+    """A tensor as a NumPy array in its own dtype (complex and bool stay so, for
+    `check_weights` to reject); anything else as given."""
+    if not isinstance(value, Tensor):
+        return value
+    if value.is_meta:
+        raise WeightError(f"weight {name!r} is a meta tensor: it holds no values to load")
+    value = value.detach().cpu()
+    # NumPy has no bfloat16; float32 holds every bfloat16 exactly (for the check only).
+    return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+
+
+def _check_device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"NonLocalBlock.device={device!r} is invalid: expected a torch.device or a device "
+            f"string such as 'cpu' or 'cuda:0' ({exc})"
+        ) from None
+    try:
+        torch.empty(0, device=device)
+    # A CPU-only build asserts "Torch not compiled with CUDA enabled".
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(
+            f"NonLocalBlock.device={str(device)!r} is not available here: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    return device
+
+
+def _check_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"NonLocalBlock.dtype={dtype!r} is invalid: expected a floating-point torch.dtype "
+            "such as torch.float32 (or None for the default)"
+        )
+    return dtype
+
+
+def _check_momentum(momentum: Any) -> float | None:
+    # None is nn.BatchNorm's cumulative moving average.
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"NonLocalBlock.norm_momentum={momentum!r} is invalid: expected a float in [0, 1] "
+            "or None"
+        )
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            f"NonLocalBlock.norm_momentum={momentum!r} is invalid: expected a float in [0, 1] "
+            "(PyTorch convention: the weight of the new batch statistic) or None"
+        )
+    return float(momentum)
 
 
 def _positions(grid: Tensor) -> Tensor:

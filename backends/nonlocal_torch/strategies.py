@@ -56,7 +56,7 @@ def check_strategy(strategy: str, instantiation: str) -> str:
         ValueError: strategy='sorted' is invalid for dot_product: expected one of ('auto', 'associative', 'pairwise')
     """  # noqa: E501
     allowed = ALLOWED_STRATEGIES[instantiation]
-    if strategy not in allowed:
+    if not isinstance(strategy, str) or strategy not in allowed:
         raise ValueError(
             f"strategy={strategy!r} is invalid for {instantiation}: expected one of {allowed}"
         )
@@ -117,6 +117,11 @@ def sorted_concatenation(a: Tensor, b: Tensor, g: Tensor, mask: Tensor | None = 
     a, b, g = a.to(work), b.to(work), g.to(work)
     if mask is not None:
         g = g * mask[..., None].to(work)  # masked keys add nothing, wherever they sort
+        b = b.masked_fill(~mask, 0.0)  # (a NaN scalar of a masked key must not either)
+    # The pairwise form is NaN for every query when a key scalar or a value is NaN
+    # (ReLU(NaN) = NaN, 0 x NaN = NaN); the suffix sums alone would reach only the queries
+    # that key is active for (spec IO-4). NaN * 0 keeps masked NaN values, as there.
+    poisoned = torch.isnan(b).any(-1) | torch.isnan(g).flatten(1).any(-1)
     order = torch.argsort(b, dim=-1)
     b_sorted = torch.gather(b, 1, order)
     g_sorted = torch.gather(g, 1, order[..., None].expand_as(g))
@@ -131,6 +136,7 @@ def sorted_concatenation(a: Tensor, b: Tensor, g: Tensor, mask: Tensor | None = 
     picked = torch.gather(suffix, 1, start[..., None].expand(-1, -1, suffix.shape[-1]))
     width = g.shape[-1]
     y = a[..., None] * picked[..., :width] + picked[..., width:]
+    y = torch.where(poisoned[:, None, None], float("nan"), y)
     return y.to(out_dtype)
 
 
