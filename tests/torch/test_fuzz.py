@@ -1,0 +1,339 @@
+"""Fuzzing nonlocal_torch with hostile values: constructor, weights, inputs, non-finite values.
+
+Every call either raises ValueError/TypeError naming what is wrong (and changes nothing), or
+computes what the float64 reference computes, within the tolerance model's bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nonlocal_conformance.dtypes import Precision
+from nonlocal_conformance.suite import assert_within
+from nonlocal_conformance.trace import SAFETY, trace_forward
+from nonlocal_core import INSTANTIATIONS, NonLocalConfig, random_weights
+from nonlocal_torch import NonLocalBlock
+from nonlocal_torch.strategies import ALLOWED_STRATEGIES
+from tests.hostile import (
+    Hostile,
+    expect_error,
+    feature_shape,
+    fuzz_settings,
+    input_mutations,
+    junk,
+    magnitudes,
+    mask_mutations,
+    negative_variance,
+    overflows,
+    weight_mutations,
+)
+
+CONFIGS = [
+    NonLocalConfig(4, spatial_dims=2, instantiation=inst, subsample=inst != "gaussian")
+    for inst in INSTANTIATIONS
+] + [
+    NonLocalConfig(3, spatial_dims=1, instantiation="concatenation", data_format="channels_last"),
+    NonLocalConfig(2, spatial_dims=3, instantiation="dot_product", norm=None, residual=False),
+]
+EXTENTS = {1: (6,), 2: (4, 4), 3: (2, 2, 4)}  # divisible by the default windows
+TORCH_EXTRAS = {
+    "norm_momentum": st.one_of(st.none(), st.floats(0, 1)),
+    "strategy": st.just("auto"),
+    "device": st.sampled_from([None, "cpu", torch.device("cpu")]),
+    "dtype": st.sampled_from([None, torch.float32, torch.float64]),
+}
+PLAUSIBLE = {
+    "spatial_dims": st.integers(1, 3),
+    "instantiation": st.sampled_from(INSTANTIATIONS),
+    "inter_channels": st.one_of(st.none(), st.integers(1, 3)),
+    "subsample": st.booleans(),
+    "norm": st.sampled_from(["batch", None]),
+    "data_format": st.sampled_from(["channels_first", "channels_last"]),
+    **TORCH_EXTRAS,
+}
+
+
+def _block(config: NonLocalConfig, dtype=torch.float32, seed: int = 1):
+    """An eval-mode block and its weights, rounded to `dtype` (what the block really holds)."""
+    numpy_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    weights = {
+        k: v.astype(numpy_dtype).astype(np.float64)
+        for k, v in random_weights(config, seed=seed).items()
+    }
+    block = NonLocalBlock.from_config(config, dtype=dtype).eval()
+    block.load_canonical_weights(weights)
+    return block, weights
+
+
+def _x(config: NonLocalConfig, seed: int = 0, channels: int | None = None, extent=None):
+    extent = EXTENTS[config.spatial_dims] if extent is None else extent
+    channels = config.in_channels if channels is None else channels
+    shape = feature_shape(config, 2, extent, channels)
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+def _torch(value, dtype=torch.float32):
+    """A NumPy array of a real or bool dtype as a tensor (float arrays in `dtype`); other
+    values (text, objects, junk) as they are - the block must reject those by name."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
+        return value
+    t = torch.from_numpy(np.ascontiguousarray(value))
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _state(block: NonLocalBlock) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in block.state_dict().items()}
+
+
+def _assert_unchanged(block: NonLocalBlock, before: dict[str, torch.Tensor]) -> None:
+    after = block.state_dict()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), f"{name} changed by a failed call"
+
+
+# Construction ----------------------------------------------------------------------------
+
+
+@fuzz_settings(150)
+@given(st.data())
+def test_constructor_keywords_with_junk_are_rejected_by_name(data):
+    kwargs = {name: data.draw(strategy, label=name) for name, strategy in PLAUSIBLE.items()}
+    names = [f.name for f in dataclasses.fields(NonLocalConfig)] + list(TORCH_EXTRAS)
+    broken = data.draw(st.sampled_from([n for n in names if n != "in_channels"]), label="junk")
+    kwargs[broken] = data.draw(junk(), label=f"junk {broken}")
+    try:
+        block = NonLocalBlock(4, **kwargs)
+    except (ValueError, TypeError):
+        expect_error(lambda: NonLocalBlock(4, **kwargs), names)
+        return
+    cfg = block.config
+    extent = cfg.subsample or (2,) * cfg.spatial_dims  # at least one window
+    if int(np.prod(extent)) > 4096:  # a huge valid window: construction was the point
+        return
+    dtype = block.g.weight.dtype
+    x = torch.zeros(feature_shape(cfg, 1, extent, 4), dtype=dtype)
+    context = torch.zeros(feature_shape(cfg, 1, extent, cfg.context_channels), dtype=dtype)
+    assert block(x, context=context).shape == x.shape
+
+
+def test_unavailable_devices_and_non_float_dtypes_are_rejected_at_construction():
+    for device in ("nodevice", "cuda:99" if torch.cuda.is_available() else "cuda"):
+        expect_error(lambda d=device: NonLocalBlock(4, device=d), ["device"])
+    for dtype in ("float32", torch.int64, torch.complex64, torch.bool):
+        expect_error(lambda d=dtype: NonLocalBlock(4, dtype=d), ["dtype"])
+    for momentum in ("0.1", -0.1, 1.5, float("nan"), True):
+        expect_error(lambda m=momentum: NonLocalBlock(4, norm_momentum=m), ["norm_momentum"])
+
+
+# Weights ---------------------------------------------------------------------------------
+
+
+@fuzz_settings(120)
+@given(st.sampled_from(CONFIGS), st.data())
+def test_a_failed_weight_load_names_the_weight_and_changes_nothing(config, data):
+    block, weights = _block(config)
+    mutation = data.draw(weight_mutations(config, weights))
+    if data.draw(st.booleans(), label="as tensors"):
+        mutation = Hostile(
+            mutation.what + " (tensors)",
+            {k: _torch(v, torch.float64) for k, v in mutation.value.items()},
+            mutation.names,
+        )
+    before = _state(block)
+    if mutation.valid:
+        block.load_canonical_weights(mutation.value)
+        return
+    expect_error(lambda: block.load_canonical_weights(mutation.value), mutation.names)
+    _assert_unchanged(block, before)
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (torch.zeros(4, 2, dtype=torch.complex64), "complex64"),
+        (torch.zeros(4, 2, dtype=torch.bool), "bool"),
+        (torch.zeros(4, 2, device="meta"), "meta"),
+    ],
+)
+def test_tensor_weights_of_a_bad_kind_are_rejected(value, problem):
+    config = CONFIGS[0]
+    block, weights = _block(config)
+    before = _state(block)
+    error = expect_error(
+        lambda: block.load_canonical_weights({**weights, "out.weight": value}), ["out.weight"]
+    )
+    assert problem in str(error)
+    expect_error(lambda: block.load_canonical_weights(negative_variance(weights).value), ["var"])
+    expect_error(lambda: block.load_canonical_weights(list(weights.items())), ["weights"])
+    _assert_unchanged(block, before)
+
+
+def test_bfloat16_and_integer_weights_load_exactly():
+    config = CONFIGS[0]
+    block, weights = _block(config, dtype=torch.float64)
+    bf16 = {k: torch.as_tensor(v).to(torch.bfloat16) for k, v in weights.items()}
+    block.load_canonical_weights(bf16)
+    for name, value in block.canonical_weights().items():
+        assert torch.equal(value, bf16[name].to(torch.float64)), name
+    integers = {k: np.round(np.asarray(v) * 8).astype(np.int16) for k, v in weights.items()}
+    integers["norm.running_var"] = np.abs(integers["norm.running_var"]) + 1
+    block.load_canonical_weights(integers)
+    for name, value in block.canonical_weights().items():
+        np.testing.assert_array_equal(value.numpy(), integers[name].astype(np.float64))
+
+
+# Inputs ----------------------------------------------------------------------------------
+
+
+@fuzz_settings(150)
+@given(st.sampled_from(CONFIGS), st.data())
+def test_inputs_are_checked_before_use(config, data):
+    block, _ = _block(config)
+    x = _x(config)
+    mutation = data.draw(input_mutations(config, x, "x"))
+    value = _torch(mutation.value)
+    if mutation.valid:
+        assert block(value).shape == value.shape
+    else:
+        expect_error(lambda: block(value), mutation.names)
+
+
+@fuzz_settings(100)
+@given(st.sampled_from(CONFIGS), st.data())
+def test_contexts_and_key_masks_are_checked_before_use(config, data):
+    cross = config.replace(context_channels=4 if config.instantiation == "gaussian" else 3)
+    block, _ = _block(cross)
+    x = torch.from_numpy(_x(cross)).float()
+    ctx_extent = {1: (4,), 2: (2, 6), 3: (1, 2, 2)}[cross.spatial_dims]
+    context = _x(cross, seed=1, channels=cross.context_channels, extent=ctx_extent)
+    key_grid = cross.pooled_extent(ctx_extent) if cross.subsample else ctx_extent
+    mask = np.ones((2, *key_grid), bool)
+    if data.draw(st.booleans(), label="break the context (else the mask)"):
+        mutation = data.draw(input_mutations(cross, context, "context"))
+        kwargs = {"context": _torch(mutation.value)}
+    else:
+        mutation = data.draw(mask_mutations(mask))
+        kwargs = {"context": _torch(context), "key_mask": _torch(mutation.value)}
+    if mutation.valid:
+        assert block(x, **kwargs).shape == x.shape
+    else:
+        expect_error(lambda: block(x, **kwargs), mutation.names)
+
+
+def test_tensors_on_another_device_or_of_another_type_are_rejected():
+    config = CONFIGS[0]
+    block, _ = _block(config)
+    x = torch.from_numpy(_x(config)).float()
+    expect_error(lambda: block(x.to("meta")), ["x", "device"])
+    expect_error(lambda: block(x, context=x.to("meta")), ["context"])
+    expect_error(lambda: block(x.numpy()), ["x"])
+    expect_error(lambda: block(x.long()), ["x"])  # torch.nn's convention: no integer inputs
+    expect_error(lambda: block(x.double()), ["x"])
+    expect_error(lambda: block(x, return_attention="no"), ["return_attention"])
+
+
+@fuzz_settings(60)
+@given(
+    st.sampled_from(CONFIGS),
+    st.sampled_from(["channels_last", "transposed", "expanded", "strided"]),
+)
+def test_any_memory_layout_gives_the_reference_result(config, layout):
+    block, weights = _block(config, dtype=torch.float64)
+    x = torch.from_numpy(_x(config))
+    if layout == "channels_last":
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+        view = x.contiguous(memory_format=fmt) if fmt else x.transpose(1, 2).contiguous()
+        view = view if fmt else view.transpose(1, 2)
+    elif layout == "transposed":
+        view = x.transpose(0, -1).contiguous().transpose(0, -1)
+    elif layout == "expanded":
+        view = x[:1].expand(x.shape)
+    else:
+        view = torch.repeat_interleave(x, 2, dim=-1)[..., ::2]
+    z = block(view)
+    trace = trace_forward(view.numpy(), weights, config, precision=Precision.default("float64"))
+    assert_within(z.detach().numpy(), trace.z, trace.err_z * SAFETY, f"z for a {layout} input")
+
+
+# Non-finite values and extreme magnitudes (spec IO-4) -----------------------------------
+
+
+def _positions_finite(z: np.ndarray, config: NonLocalConfig) -> np.ndarray:
+    axis = 1 if config.data_format == "channels_first" else z.ndim - 1
+    return np.isfinite(z).all(axis=axis).reshape(z.shape[0], -1)
+
+
+def _strategies(config: NonLocalConfig) -> list[str]:
+    return list(ALLOWED_STRATEGIES[config.instantiation])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@fuzz_settings(60)
+@given(st.sampled_from(CONFIGS), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
+def test_non_finite_values_reach_what_the_spec_says_and_nothing_else(config, special, data):
+    # spec: IO-4, for every execution strategy
+    block, weights = _block(config, dtype=torch.float64)
+    block.strategy = data.draw(st.sampled_from(_strategies(config)), label="strategy")
+    x = _x(config)
+    n = int(np.prod(EXTENTS[config.spatial_dims]))
+    batch, position = data.draw(st.integers(0, 1)), data.draw(st.integers(0, n - 1))
+    channel = data.draw(st.integers(0, config.in_channels - 1))
+    bad = x.copy()
+    grid = np.moveaxis(bad, 1, -1) if config.data_format == "channels_first" else bad
+    grid[(batch, *np.unravel_index(position, grid.shape[1:-1]), channel)] = special
+    precision = Precision.default("float64")
+
+    # In one query (the context stays finite): no other position; that one surely when the
+    # value is NaN or the residual adds it back (an infinity may vanish: ReLU(-inf) = 0).
+    z = block(torch.from_numpy(bad), context=torch.from_numpy(x)).detach().numpy()
+    finite = _positions_finite(z, config)
+    others = np.ones_like(finite)
+    others[batch, position] = False
+    assert finite[others].all()
+    if config.residual or np.isnan(special):
+        assert not finite[batch, position]
+    trace = trace_forward(bad, weights, config, context=x, precision=precision)
+    _assert_agrees_at(z, trace, others, config)
+
+    # In one key/value: the other batch element is untouched; with a NaN, every query of
+    # this one attends to it.
+    z = block(torch.from_numpy(x), context=torch.from_numpy(bad)).detach().numpy()
+    finite = _positions_finite(z, config)
+    other = np.zeros_like(finite)
+    other[1 - batch] = True
+    assert finite[other].all()
+    if np.isnan(special):
+        assert not finite[batch].any()
+    trace = trace_forward(x, weights, config, context=bad, precision=precision)
+    _assert_agrees_at(z, trace, other, config)
+
+
+def _assert_agrees_at(z, trace, positions, config) -> None:
+    """z agrees with the reference at the (B, N) `positions`, within the tolerance model."""
+    flat = z if config.data_format == "channels_last" else np.moveaxis(z, 1, -1)
+    flat = flat.reshape(z.shape[0], -1, flat.shape[-1])
+    assert_within(
+        flat[positions], trace.z_flat[positions], trace.err_z_flat[positions] * SAFETY, "z"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the trace's own overflows
+@fuzz_settings(60)
+@given(st.sampled_from(CONFIGS), magnitudes(), st.data())
+def test_extreme_magnitudes_give_the_reference_result_or_overflow_visibly(config, scale, data):
+    block, weights = _block(config)
+    block.strategy = data.draw(st.sampled_from(_strategies(config)), label="strategy")
+    x = _x(config) * scale
+    z = block(torch.from_numpy(x).float()).detach()
+    assert z.shape == x.shape and z.dtype == torch.float32
+    trace = trace_forward(
+        x.astype(np.float32), weights, config, precision=Precision.default("float32")
+    )
+    if not overflows(trace, "float32"):
+        assert_within(z.numpy(), trace.z, trace.err_z * SAFETY, f"z at scale {scale:.3g}")
