@@ -162,6 +162,41 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        a = theta @ w_f[half:]  #",
         ("tests/core/test_reference.py::test_two_positions_concatenation_theta_half_first",),
     ),
+    # Hostile input (tests/*/test_fuzz*.py): each fix the fuzzing suite forced, undone.
+    Mutation(
+        "save-leaves-its-temporary-file",
+        "nonlocal_core/io.py",
+        "        os.unlink(temporary)\n        raise\n",
+        "        raise\n",
+        (
+            "tests/core/test_fuzz_files.py"
+            "::test_an_interrupted_save_leaves_the_old_file_and_nothing_else",
+        ),
+    ),
+    Mutation(
+        "load-trusts-the-header",
+        "nonlocal_core/io.py",
+        '    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):',
+        "    if False:",
+        ("tests/core/test_fuzz_files.py::test_the_examples_of_the_issue_fail_cleanly",),
+    ),
+    Mutation(
+        "weights-of-any-dtype",
+        "nonlocal_core/weights.py",
+        "        if not is_real_dtype(array.dtype):",
+        "        if False:",
+        ("tests/core/test_fuzz.py::test_weights_are_checked_before_use",),
+    ),
+    Mutation(
+        "sorted-concatenation-misses-nan-keys",
+        "backends/nonlocal_torch/strategies.py",
+        '    y = torch.where(poisoned[:, None, None], float("nan"), y)\n',
+        "",
+        (
+            "tests/torch/test_fuzz.py"
+            "::test_a_nan_key_reaches_every_query_under_every_strategy[concatenation]",
+        ),
+    ),
 )
 
 
