@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from nonlocal_core import InputError, NonLocalConfig, WeightError, check_shapes, check_weights
 from nonlocal_core.config import require_flag
 
-from .functional import nonlocal_attention
+from .functional import attend
 from .strategies import check_strategy
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -337,15 +337,15 @@ class NonLocalBlock(nn.Module):
             theta = x_cf if self.theta is None else self.theta(x_cf)
             phi, g = self._keys_and_values(ctx_cf)
         mask = None if key_mask is None else key_mask.reshape(key_mask.shape[0], -1)
-        y, attention = nonlocal_attention(
+        y, attention = attend(
             _positions(theta),
             _positions(phi),
             _positions(g),
             cfg,
-            concat_weight=None if self.concat is None else self.concat.weight[0],
-            mask=mask,
-            return_attention=return_attention,
-            strategy=self.strategy,
+            None if self.concat is None else self.concat.weight[0],
+            mask,
+            return_attention,
+            self.strategy,
         )
         # (B, N, C') -> (B, *S, C') -> (B, C', *S): a channels_last-strided view, no copy.
         y = y.reshape(y.shape[0], *shapes.spatial, y.shape[-1]).movedim(-1, 1)

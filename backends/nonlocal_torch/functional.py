@@ -16,12 +16,15 @@ A key mask is (B, N') boolean, True = valid. A query with no valid key gets y_i 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend
 
 from nonlocal_core import NonLocalConfig
+from nonlocal_core.config import require_flag
 
 from .strategies import check_strategy, choose_strategy, chunked_softmax, sorted_concatenation
 
@@ -52,6 +55,74 @@ def _key_count(mask: Tensor | None, num_keys: int, like: Tensor) -> Tensor | flo
         return float(num_keys)
     # clamp: items with no valid key have all-zero f, so any positive divisor gives y = 0.
     return mask.sum(dim=-1).clamp(min=1).to(like.dtype)[:, None, None]
+
+
+def check_operands(
+    theta: Any,
+    phi: Any,
+    g: Any,
+    config: NonLocalConfig,
+    concat_weight: Any = None,
+    mask: Any = None,
+) -> None:
+    """Raise TypeError/ValueError naming the operand unless theta (B, N, d), phi (B, N', d),
+    g (B, N', C'), the concatenation weight (2d,) and the mask (B, N') bool fit together.
+
+    Example:
+        >>> cfg = NonLocalConfig(4, spatial_dims=1, instantiation="dot_product")
+        >>> check_operands(torch.ones(2, 5, 3), torch.ones(2, 4, 2), torch.ones(2, 4, 2), cfg)
+        Traceback (most recent call last):
+        ...
+        ValueError: phi has shape (2, 4, 2): expected (2, N', 3) to match theta (2, 5, 3)
+    """
+    if not isinstance(config, NonLocalConfig):
+        raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+    for name, t in (("theta", theta), ("phi", phi), ("g", g)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3 or not t.is_floating_point():
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} and dtype {t.dtype}: expected a "
+                "floating-point (B, positions, channels) tensor"
+            )
+        if t.device != theta.device:
+            raise ValueError(
+                f"{name} is on {t.device}, theta on {theta.device}: expected one device"
+            )
+    b, _, d = theta.shape
+    if phi.shape[0] != b or phi.shape[2] != d:
+        raise ValueError(
+            f"phi has shape {tuple(phi.shape)}: expected ({b}, N', {d}) to match theta "
+            f"{tuple(theta.shape)}"
+        )
+    if g.shape[:2] != phi.shape[:2]:
+        raise ValueError(
+            f"g has shape {tuple(g.shape)}: expected ({b}, {phi.shape[1]}, C') to match phi "
+            f"{tuple(phi.shape)}"
+        )
+    if config.instantiation == "concatenation":
+        if not (
+            isinstance(concat_weight, Tensor)
+            and concat_weight.is_floating_point()
+            and tuple(concat_weight.shape) == (2 * d,)
+        ):
+            got = (
+                f"{tuple(concat_weight.shape)} {concat_weight.dtype}"
+                if isinstance(concat_weight, Tensor)
+                else type(concat_weight).__name__
+            )
+            raise ValueError(
+                f"concat_weight is {got}: the concatenation needs a floating-point "
+                f"({2 * d},) tensor w_f"
+            )
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = getattr(mask, "dtype", type(mask).__name__)
+            raise TypeError(f"mask has dtype {got}: expected a torch.bool tensor (True = valid)")
+        if tuple(mask.shape) != (b, phi.shape[1]):
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}: expected (B, N') = ({b}, {phi.shape[1]})"
+            )
 
 
 def _common_dtype(*tensors: Tensor) -> list[Tensor]:
@@ -165,6 +236,11 @@ def attention_matrix(
         >>> attention_matrix(torch.ones(1, 1, 1), torch.ones(1, 4, 1), cfg)
         tensor([[[0.2500, 0.2500, 0.2500, 0.2500]]])
     """
+    check_operands(theta, phi, phi, config, concat_weight, mask)
+    return _attention_matrix(theta, phi, config, concat_weight, mask)
+
+
+def _attention_matrix(theta, phi, config, concat_weight=None, mask=None) -> Tensor:
     theta, phi = _common_dtype(theta, phi)
     if config.instantiation == "concatenation":
         a, b = _concat_halves(theta, phi, concat_weight)
@@ -207,9 +283,26 @@ def nonlocal_attention(
         >>> y.shape, a
         (torch.Size([2, 5, 2]), None)
     """
+    check_operands(theta, phi, g, config, concat_weight, mask)
+    return_attention = require_flag(return_attention, "return_attention")
+    return attend(theta, phi, g, config, concat_weight, mask, return_attention, strategy)
+
+
+def attend(
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    config: NonLocalConfig,
+    concat_weight: Tensor | None,
+    mask: Tensor | None,
+    return_attention: bool,
+    strategy: str,
+) -> tuple[Tensor, Tensor | None]:
+    """`nonlocal_attention` without its operand checks, for callers that checked already
+    (`NonLocalBlock.forward` validates x, context and mask against its config)."""
     check_strategy(strategy, config.instantiation)
     if return_attention or strategy == "pairwise":
-        attention = attention_matrix(theta, phi, config, concat_weight, mask)
+        attention = _attention_matrix(theta, phi, config, concat_weight, mask)
         y = attention @ g.to(attention.dtype)
         return y, (attention if return_attention else None)
     if config.is_softmax:
@@ -218,7 +311,7 @@ def nonlocal_attention(
         n, m = theta.shape[1], phi.shape[1]
         strategy = choose_strategy(config.instantiation, n, m, theta.shape[-1], g.shape[-1])
         if strategy == "pairwise":
-            attention = attention_matrix(theta, phi, config, concat_weight, mask)
+            attention = _attention_matrix(theta, phi, config, concat_weight, mask)
             return attention @ g.to(attention.dtype), None
     if config.instantiation == "dot_product":
         return dot_product_attention(theta, phi, g, mask), None

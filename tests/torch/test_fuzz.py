@@ -18,7 +18,7 @@ from nonlocal_conformance.dtypes import Precision
 from nonlocal_conformance.suite import assert_within
 from nonlocal_conformance.trace import SAFETY, trace_forward
 from nonlocal_core import INSTANTIATIONS, NonLocalConfig, random_weights
-from nonlocal_torch import NonLocalBlock
+from nonlocal_torch import NonLocalBlock, attention_matrix, nonlocal_attention
 from nonlocal_torch.strategies import ALLOWED_STRATEGIES
 from tests.hostile import (
     Hostile,
@@ -259,6 +259,45 @@ def test_any_memory_layout_gives_the_reference_result(config, layout):
     z = block(view)
     trace = trace_forward(view.numpy(), weights, config, precision=Precision.default("float64"))
     assert_within(z.detach().numpy(), trace.z, trace.err_z * SAFETY, f"z for a {layout} input")
+
+
+@fuzz_settings(100)
+@given(st.sampled_from(INSTANTIATIONS), st.data())
+def test_the_functional_api_checks_its_operands(instantiation, data):
+    config = NonLocalConfig(4, instantiation=instantiation)
+    d = 4 if instantiation == "gaussian" else 2
+    ops = {
+        "theta": torch.randn(2, 5, d),
+        "phi": torch.randn(2, 3, d),
+        "g": torch.randn(2, 3, 2),
+        "concat_weight": torch.randn(2 * d) if instantiation == "concatenation" else None,
+        "mask": torch.ones(2, 3, dtype=torch.bool),
+    }
+    name = data.draw(st.sampled_from(sorted(ops)), label="operand")
+    value = ops[name]
+    breakage = {
+        "rank": lambda t: t[0],
+        "batch": lambda t: torch.cat([t, t[:1]]),
+        "width": lambda t: torch.cat([t, t], dim=-1),
+        "positions": lambda t: torch.cat([t, t], dim=1) if t.dim() > 1 else t[:1],
+        "int": lambda t: t.long(),
+        "numpy": lambda t: t.numpy(),
+        "none": lambda t: None,
+    }
+    kind = data.draw(st.sampled_from(sorted(breakage)), label="breakage")
+    if value is None or (kind == "none" and name == "mask"):
+        return  # absent operands are valid where they are optional
+    if (name, kind) in {("theta", "positions"), ("g", "width")}:
+        return  # N and C' are theta's and g's own: any number is valid
+    ops[name] = breakage[kind](value)
+    call = data.draw(st.sampled_from([nonlocal_attention, attention_matrix]), label="entry")
+    if call is attention_matrix:
+        ops.pop("g")
+        if name == "g":
+            return
+    # phi fixes N': a phi with more positions disagrees with g and the mask as much.
+    names = ["phi", "g", "mask"] if (name, kind) == ("phi", "positions") else [name]
+    expect_error(lambda: call(config=config, **ops), names)
 
 
 # Non-finite values and extreme magnitudes (spec IO-4) -----------------------------------
