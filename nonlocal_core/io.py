@@ -154,7 +154,7 @@ def _parse_header(header: np.ndarray, name: str) -> NonLocalConfig:
         raise FileFormatError(f"{name}: entry {CONFIG_KEY!r} is not UTF-8 JSON: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
         raise FileFormatError(
-            f"{name}: entry {CONFIG_KEY!r} holds {_brief(document)}: expected a JSON object "
+            f"{name}: entry {CONFIG_KEY!r} holds {brief(document)}: expected a JSON object "
             '{"spec_version": "1.0", "config": {...}}'
         )
     version = document.get("spec_version")
@@ -167,6 +167,12 @@ def _parse_header(header: np.ndarray, name: str) -> NonLocalConfig:
         raise FileFormatError(f"{name} holds an invalid config: {exc}") from exc
 
 
-def _brief(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def brief(value: Any, limit: int = 80) -> str:
+    """`value` as JSON text cut to `limit` characters, for error messages about file contents.
+
+    Example:
+        >>> brief({"config": list(range(40))}, limit=20)
+        '{"config": [0, 1,...'
+    """
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

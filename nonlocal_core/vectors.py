@@ -22,11 +22,25 @@ from typing import Any
 
 import numpy as np
 
+from .cli import output_folder
 from .config import SPEC_VERSION, NonLocalConfig
 from .oracle import exact_forward
+from .vector_files import VectorFileError, load_case
 from .weights import init_weights, random_weights
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "spec" / "vectors"
+
+# load_case and VectorFileError live in vector_files (reading); they stay importable here.
+__all__ = [
+    "CASES",
+    "DEFAULT_DIR",
+    "VectorFileError",
+    "build_case",
+    "generate",
+    "load_case",
+    "main",
+    "render",
+]
 
 
 def _case(name: str, description: str, config: dict, **options: Any) -> dict:
@@ -344,31 +358,36 @@ def generate() -> dict[str, str]:
     return files
 
 
-def load_case(path: str | Path) -> dict:
-    """Read one case file back into NumPy arrays (``None`` for absent inputs).
-
-    Example:
-        >>> case = load_case(DEFAULT_DIR / "embedded_2d.json")  # doctest: +SKIP
-        >>> case["inputs"]["x"].shape  # doctest: +SKIP
-        (2, 4, 3, 4)
-    """
-    raw = json.loads(Path(path).read_text())
-
-    def array(t):
-        if t is None:
-            return None
-        dtype = np.bool_ if t["dtype"] == "bool" else np.float64
-        return np.asarray(t["data"], dtype=dtype).reshape(t["shape"])
-
-    for group in ("inputs", "weights", "expected"):
-        raw[group] = {k: array(v) for k, v in raw[group].items()}
-    raw["config"] = NonLocalConfig.from_dict(raw["config"])
-    return raw
+def _same_text(path: Path, text: str) -> bool:
+    """Whether `path` is a file holding exactly `text` (an unreadable file is not)."""
+    try:
+        return path.is_file() and path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="vector directory")
+    """Write the vector files (or, with ``--check``, compare them); returns the exit status.
+
+    A bad ``--out`` is a usage error (exit status 2); a folder that cannot be written is
+    one line on stderr and exit status 1.
+
+    Example (the usage error on stderr: ``argument --out: '.../vectors.py' exists and is not
+    a folder: expected a folder for the vector files (created if missing)``):
+        >>> main(["--out", __file__])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m nonlocal_core.vectors", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=output_folder("a folder for the vector files (created if missing)"),
+        default=DEFAULT_DIR,
+        help="vector directory",
+    )
     parser.add_argument(
         "--check", action="store_true", help="fail if the files differ from a fresh generation"
     )
@@ -377,20 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         present = {p.name for p in args.out.glob("*.json")} if args.out.is_dir() else set()
         problems = sorted(present - set(files))
-        problems += [
-            name
-            for name, text in files.items()
-            if not (args.out / name).is_file() or (args.out / name).read_text() != text
-        ]
+        problems += [name for name, text in files.items() if not _same_text(args.out / name, text)]
         for name in problems:
             print(f"differs or missing/stale: {args.out / name}")
         print(f"{len(files)} files checked, {len(problems)} differ")
         return 1 if problems else 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    for stale in set(p.name for p in args.out.glob("*.json")) - set(files):
-        (args.out / stale).unlink()
-    for name, text in files.items():
-        (args.out / name).write_text(text)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for stale in set(p.name for p in args.out.glob("*.json")) - set(files):
+            (args.out / stale).unlink()
+        for name, text in files.items():
+            (args.out / name).write_text(text)
+    except OSError as exc:
+        print(f"python -m nonlocal_core.vectors: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {len(files)} files to {args.out}")
     return 0
 
