@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nonlocal_core.cli import output_folder
+
 from .block import NonLocalBlock
 
 MIB = 2**20
@@ -298,16 +300,146 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+# Command line ------------------------------------------------------------------------------
+
+DTYPES = ("float32", "bfloat16")  # what run_case measures (bfloat16: autocast)
+DEVICE_TYPES = ("cpu", "cuda")  # what the timing and memory code knows
+
+
+def _dtypes(text: str) -> str:
+    """``--dtypes``: a comma-separated subset of `DTYPES`, returned normalised.
+
+    Example:
+        >>> _dtypes("bfloat16, float32")
+        'bfloat16,float32'
+        >>> _dtypes("float7")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: 'float7' has unsupported dtype(s) ['float7']: expected a comma-separated subset of float32, bfloat16
+    """  # noqa: E501
+    names = [name.strip() for name in text.split(",")]
+    expected = f"expected a comma-separated subset of {', '.join(DTYPES)}"
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry: {expected}")
+    unknown = [name for name in names if name not in DTYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r} has unsupported dtype(s) {unknown}: {expected}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a dtype twice: {expected}")
+    return ",".join(names)
+
+
+def _device(text: str) -> str:
+    """``--device``: ``cpu`` or ``cuda`` (a torch device string without an index).
+
+    Example:
+        >>> _device("cpu")
+        'cpu'
+        >>> _device("cuda:1")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: 'cuda:1' has a device index: expected cpu or cuda (pick the GPU with CUDA_VISIBLE_DEVICES)
+    """  # noqa: E501
+    expected = f"expected {' or '.join(DEVICE_TYPES)}"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device ({exc}): {expected}"
+        ) from None
+    if device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is a {device.type} device: {expected}")
+    if device.index is not None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a device index: {expected} (pick the GPU with CUDA_VISIBLE_DEVICES)"
+        )
+    return device.type
+
+
+def _threads(text: str) -> int:
+    """``--threads``: an integer from 1 to the machine's CPU count.
+
+    Example:
+        >>> _threads("1")
+        1
+        >>> _threads("-3")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: '-3' is not a thread count: expected an integer from 1 to ...
+    """
+    most = os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a thread count: expected an integer from 1 to {most} "
+            "(this machine's CPU count)"
+        )
+    return value
+
+
+def _limit_gib(text: str) -> float:
+    """``--naive-limit-gib``: a finite positive number of GiB.
+
+    Example:
+        >>> _limit_gib("2.5")
+        2.5
+        >>> _limit_gib("nan")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: 'nan' is not a memory limit: expected a finite number of GiB > 0
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory limit: expected a finite number of GiB > 0"
+        )
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark; returns the JSON document it writes."""
+    """Run the benchmark; returns the JSON document it writes.
+
+    Every option is checked before anything runs: a bad value is a usage error (exit status
+    2) naming the option, the value and what it accepts.
+
+    Example (the usage error goes to stderr: ``argument --dtypes: 'float7' has unsupported
+    dtype(s) ['float7']: expected a comma-separated subset of float32, bfloat16``):
+        >>> main(["--dtypes", "float7"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
     parser = argparse.ArgumentParser(prog="python -m nonlocal_torch.bench", description=__doc__)
     parser.add_argument("--mode", choices=("smoke", "full"), default="smoke")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for JSON and PNG")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--naive-limit-gib", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda",
+    )
+    parser.add_argument(
+        "--out",
+        type=output_folder("a folder for bench.json, bench.md and bench.png (created if missing)"),
+        default="benchmarks/results",
+        help="folder for JSON and PNG",
+    )
+    parser.add_argument(
+        "--dtypes", type=_dtypes, default=",".join(DTYPES), help=f"subset of {','.join(DTYPES)}"
+    )
+    parser.add_argument("--naive-limit-gib", type=_limit_gib, default=None)
+    parser.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"argument --device: 'cuda' is not available (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}): expected cpu, or a machine with a GPU"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     smoke = args.mode == "smoke"
