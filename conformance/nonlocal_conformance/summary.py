@@ -24,14 +24,129 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .report import OUTCOMES
+
 COLUMNS = ("backend", "passed", "failed", "skipped", "time (s)", "dtype", "device", "profile")
 _RUN_KEYS = ("backend", "adapter", "dtype", "device", "hypothesis_profile")
 _COUNTS = ("passed", "failed", "skipped")
+FORMAT = "nonlocal-conformance-report/1"
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+class ReportError(ValueError):
+    """A file is valid JSON but not a conformance report of the shape `render` reads."""
+
+
+def _brief(value: Any) -> str:
+    """`value` as its JSON type and (shortened) text, for error messages."""
+    if value is None:
+        return "null"
+    kind = _JSON_TYPES.get(type(value), "a number")
+    text = json.dumps(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def check_report(report: Any) -> dict[str, Any]:
+    """`report` unchanged if it has the shape of a report (`Report.to_json`), else
+    `ReportError` naming the first field that is wrong and what was expected.
+
+    Every field is optional except the fields of each test record, but one that is present
+    must have the right type: strings for the run keys, counts >= 0, a finite duration >= 0,
+    test records with a nodeid and an outcome among passed, failed and skipped.
+
+    Example:
+        >>> check_report({"backend": "numpy", "totals": {"passed": 3}})["backend"]
+        'numpy'
+        >>> check_report({"totals": []})
+        Traceback (most recent call last):
+        ...
+        nonlocal_conformance.summary.ReportError: 'totals' is an array []: expected an object of counts {"passed": ..., "failed": ..., "skipped": ...}
+    """  # noqa: E501
+    if not isinstance(report, dict):
+        raise ReportError(
+            f"the document is {_brief(report)}: expected a JSON object as written by "
+            "--conformance-report"
+        )
+    if report.get("format", FORMAT) != FORMAT:
+        raise ReportError(f"'format' is {_brief(report['format'])}: expected {FORMAT!r}")
+    for key in _RUN_KEYS:
+        value = report.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ReportError(f"{key!r} is {_brief(value)}: expected a string")
+    totals = report.get("totals", {})
+    if not isinstance(totals, dict):
+        raise ReportError(
+            f"'totals' is {_brief(totals)}: expected an object of counts "
+            '{"passed": ..., "failed": ..., "skipped": ...}'
+        )
+    for count in _COUNTS:
+        value = totals.get(count, 0)
+        if type(value) is not int or value < 0:
+            raise ReportError(f"'totals.{count}' is {_brief(value)}: expected an integer >= 0")
+    duration = report.get("duration_s", 0.0)
+    if type(duration) not in (int, float) or not (math.isfinite(duration) and duration >= 0):
+        raise ReportError(
+            f"'duration_s' is {_brief(duration)}: expected a finite number of seconds >= 0"
+        )
+    tests = report.get("tests", [])
+    if not isinstance(tests, list):
+        raise ReportError(f"'tests' is {_brief(tests)}: expected an array of test records")
+    for i, test in enumerate(tests):
+        if not isinstance(test, dict):
+            raise ReportError(
+                f"'tests[{i}]' is {_brief(test)}: expected an object with nodeid, outcome "
+                "and detail"
+            )
+        if test.get("outcome") not in OUTCOMES:
+            raise ReportError(
+                f"'tests[{i}].outcome' is {_brief(test.get('outcome'))}: expected one of "
+                f"{', '.join(OUTCOMES)}"
+            )
+        if not isinstance(test.get("nodeid"), str):
+            raise ReportError(
+                f"'tests[{i}].nodeid' is {_brief(test.get('nodeid'))}: expected a string"
+            )
+        detail = test.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            raise ReportError(f"'tests[{i}].detail' is {_brief(detail)}: expected a string or null")
+    try:  # JSON's \\ud800 escapes decode to lone surrogates, which no output can encode
+        json.dumps(report, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise ReportError(
+            f"holds text that is not valid Unicode ({exc.reason}: {bad!a} from a JSON \\u "
+            "escape): expected UTF-8 text"
+        ) from None
+    return report
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """The report in the JSON file `path`, checked by `check_report`.
+
+    Raises `OSError` when the file cannot be read, and a `ValueError` (`ReportError` or
+    `json.JSONDecodeError`) when it is not UTF-8 JSON of a report's shape.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "report.json"
+        >>> _ = path.write_text('{"backend": "numpy", "duration_s": "x"}')
+        >>> read_report(path)
+        Traceback (most recent call last):
+        ...
+        nonlocal_conformance.summary.ReportError: 'duration_s' is a string "x": expected a finite number of seconds >= 0
+    """  # noqa: E501
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise ReportError("the JSON is nested too deeply to be a report") from None
+    return check_report(document)
 
 
 def merge_shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,7 +226,22 @@ def render(reports: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the summary of the given JSON reports; 1 if any failed or is unreadable."""
+    """Print the summary of the given JSON reports; 1 if any failed or is unreadable.
+
+    A file that cannot be read, is not JSON or is JSON of another shape is reported on
+    stderr as ``unreadable report PATH: what is wrong``; the other reports are still
+    summarised.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "a.json").write_text('{"backend": "numpy", "totals": {"passed": 2}}')
+        >>> _ = (folder / "b.json").write_text("[1, 2]")
+        >>> main([str(folder / "a.json"), str(folder / "b.json")])  # doctest: +NORMALIZE_WHITESPACE
+        backend  passed  failed  skipped  time (s)  dtype  device  profile
+        numpy         2       0        0       0.0  ?      ?       ?
+        1
+    """
     parser = argparse.ArgumentParser(
         prog="python -m nonlocal_conformance.summary",
         description="Summarise nonlocal conformance JSON reports.",
@@ -123,13 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     reports, broken = [], []
     for path in args.reports:
         try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
+            reports.append(read_report(path))
+        except (OSError, ValueError) as exc:  # ReportError and JSONDecodeError are ValueErrors
             broken.append(f"{path}: {exc}")
     print(render(reports))
     for line in broken:
         print(f"unreadable report {line}", file=sys.stderr)
-    failed = any(r.get("totals", {}).get("failed", 0) for r in reports)
+    failed = any(
+        r.get("totals", {}).get("failed", 0)
+        or any(t["outcome"] == "failed" for t in r.get("tests", []))
+        for r in reports
+    )
     return 1 if failed or broken else 0
 
 
