@@ -188,6 +188,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/core/test_fuzz.py::test_weights_are_checked_before_use",),
     ),
     Mutation(
+        "vector-reader-takes-any-entry",
+        "nonlocal_core/vector_files.py",
+        "    bad = next((i for i, v in enumerate(data) if type(v) not in kinds), None)",
+        "    bad = None",
+        ("tests/test_cli_fuzz.py::test_load_case_says_what_is_wrong[mask as 0/1]",),
+    ),
+    Mutation(
+        "summary-takes-negative-counts",
+        "conformance/nonlocal_conformance/summary.py",
+        "        if type(value) is not int or value < 0:",
+        "        if False:",
+        (
+            "tests/test_cli_fuzz.py::test_summary_says_what_is_wrong"
+            '[{"totals": {"failed": -1}}-\'totals.failed\' is a number -1: expected an integer]',
+        ),
+    ),
+    Mutation(
         "sorted-concatenation-misses-nan-keys",
         "backends/nonlocal_torch/strategies.py",
         '    y = torch.where(poisoned[:, None, None], float("nan"), y)\n',
