@@ -168,3 +168,39 @@ def load_case(path: str | Path) -> dict:
         return _parse_case(raw)
     except VectorFileError as exc:
         raise VectorFileError(f"{name}: {exc}") from None
+
+
+def load_index(directory: str | Path) -> list[str]:
+    """The case file names listed in ``directory/index.json``, checked: a JSON object of this
+    spec's major version whose ``cases`` each name a ``.json`` file in `directory`.
+
+    Example:
+        >>> from nonlocal_core.vectors import DEFAULT_DIR
+        >>> load_index(DEFAULT_DIR)[0]
+        'embedded_2d.json'
+    """
+    path = Path(directory) / "index.json"
+    name = repr(str(path))
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise VectorFileError(f"{name} is not UTF-8 JSON: {exc}") from None
+    cases = raw.get("cases") if isinstance(raw, dict) else None
+    if not isinstance(cases, list):
+        raise VectorFileError(
+            f'{name} holds {_brief(raw)}: expected {{"spec_version": ..., "cases": [...]}}'
+        )
+    version, major = raw.get("spec_version"), SPEC_VERSION.split(".")[0]
+    if not isinstance(version, str) or version.split(".")[0] != major:
+        raise VectorFileError(f"{name}: spec_version is {_brief(version)}: expected {major}.x")
+    files = []
+    for i, entry in enumerate(cases):
+        file = entry.get("file") if isinstance(entry, dict) else None
+        # A bare file name: an index must not point outside its own folder.
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".json"):
+            raise VectorFileError(
+                f"{name}: cases[{i}] is {_brief(entry)}: expected an object whose 'file' is "
+                "the name of a .json file in the same folder"
+            )
+        files.append(file)
+    return files

@@ -14,6 +14,7 @@ Run it from a checkout or after ``pip install``::
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 import nonlocal_core
+from nonlocal_core.cli import output_folder
 
 from .adapter import ALL_DTYPES
 from .backends import ENV_VAR, BackendError, load_adapter
@@ -100,6 +102,33 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.load_profile("dev")
     if wants_suite and not os.environ.get(HYPOTHESIS_HOME_ENV_VAR):
         set_hypothesis_home_dir(hypothesis_home())
+    if wants_suite:
+        _check_paths(config)
+
+
+def _check_paths(config: pytest.Config) -> None:
+    """Usage errors, before anything runs, for a report path that cannot be written and for
+    golden vectors named explicitly that are missing or damaged (a skip would hide them)."""
+    report = config.getoption("conformance_report")
+    if report:
+        try:
+            output_folder("a writable folder for the report")(str(Path(report).parent))
+        except argparse.ArgumentTypeError as exc:
+            raise pytest.UsageError(f"--conformance-report={report!r}: {exc}") from None
+        if Path(report).is_dir():
+            raise pytest.UsageError(
+                f"--conformance-report={report!r} is a folder: expected a file name "
+                "(.md for Markdown, else JSON)"
+            )
+    explicit = config.getoption("vectors") or os.environ.get(VECTORS_ENV_VAR)
+    if explicit:
+        source = "--vectors" if config.getoption("vectors") else f"${VECTORS_ENV_VAR}"
+        try:
+            load_index(explicit)
+        except (OSError, ValueError) as exc:
+            raise pytest.UsageError(
+                f"{source}={explicit!r} is not a golden-vector folder: {exc}"
+            ) from None
 
 
 def hypothesis_home() -> Path:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,19 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:
-        """Write Markdown for ``.md`` paths, JSON otherwise."""
+        """Write Markdown for ``.md`` paths, JSON otherwise; atomically (a temporary file
+        beside `path`, then a rename), so a reader never sees half a report."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() in (".md", ".markdown"):
-            path.write_text(self.to_markdown(), encoding="utf-8")
+            text = self.to_markdown()
         else:
-            path.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+            text = json.dumps(self.to_json(), indent=1) + "\n"
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(text)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise

@@ -3,38 +3,30 @@
 A directory holds ``index.json`` (``{"spec_version", "cases": [{"name", "file", ...}]}``) and
 one JSON per case; tensors are ``{"shape", "dtype", "data"}`` with data flat, row-major.
 
+Parsing and validation are `nonlocal_core.vector_files`'s; this module turns a case into the
+suite's `Case` at the dtype under test.
+
 Example:
-    >>> decode({"shape": [2, 2], "dtype": "float64", "data": [1, 2, 3, 4]}).tolist()
-    [[1.0, 2.0], [3.0, 4.0]]
+    >>> from nonlocal_core.vectors import DEFAULT_DIR
+    >>> case = load_case(DEFAULT_DIR / load_index(DEFAULT_DIR)[0])
+    >>> case, case.as_case("float32").x.dtype
+    (VectorCase('embedded_2d'), dtype('float32'))
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from nonlocal_core import SPEC_VERSION, NonLocalConfig
+from nonlocal_core import NonLocalConfig, vector_files
+from nonlocal_core.vector_files import load_index
 
 from .dtypes import cast
 from .strategies import Case
 
-
-class VectorError(ValueError):
-    """A golden-vector file is malformed or written for another major spec version."""
-
-
-def decode(tensor: dict[str, Any] | None) -> np.ndarray | None:
-    """A tensor record as a NumPy array (None stays None)."""
-    if tensor is None:
-        return None
-    dtype = {"float64": np.float64, "bool": np.bool_}.get(tensor["dtype"])
-    if dtype is None:
-        raise VectorError(f"tensor dtype {tensor['dtype']!r}: expected 'float64' or 'bool'")
-    return np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+__all__ = ["VectorCase", "load_case", "load_index"]
 
 
 @dataclasses.dataclass
@@ -68,32 +60,20 @@ class VectorCase:
         return f"VectorCase({self.name!r})"
 
 
-def _check_version(version: Any, where: str) -> None:
-    if str(version).split(".")[0] != SPEC_VERSION.split(".")[0]:
-        raise VectorError(f"{where} is for spec {version!r}: expected {SPEC_VERSION} (major)")
-
-
-def load_index(directory: Path) -> list[str]:
-    """The case file names listed in ``directory/index.json``."""
-    index = json.loads((directory / "index.json").read_text(encoding="utf-8"))
-    _check_version(index.get("spec_version"), str(directory / "index.json"))
-    return [entry["file"] for entry in index["cases"]]
-
-
 def load_case(path: Path) -> VectorCase:
-    """One case file as a `VectorCase`."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    _check_version(data.get("spec_version"), str(path))
+    """One case file as a `VectorCase`; a damaged file raises
+    `nonlocal_core.vector_files.VectorFileError` (a ValueError) naming it."""
+    data = vector_files.load_case(path)
     inputs, expected = data["inputs"], data["expected"]
     return VectorCase(
         name=data["name"],
-        description=data.get("description", ""),
-        config=NonLocalConfig.from_dict(data["config"]),
-        training=bool(data["training"]),
-        x=decode(inputs["x"]),
-        context=decode(inputs.get("context")),
-        key_mask=decode(inputs.get("key_mask")),
-        weights={k: decode(v) for k, v in data["weights"].items()},
-        expected_z=decode(expected["z"]),
-        expected_attention=decode(expected.get("attention")),
+        description=data["description"],
+        config=data["config"],
+        training=data["training"],
+        x=inputs["x"],
+        context=inputs["context"],
+        key_mask=inputs["key_mask"],
+        weights=data["weights"],
+        expected_z=expected["z"],
+        expected_attention=expected["attention"],
     )

@@ -107,11 +107,27 @@ def test_report_header_names_backend_versions_device_dtype_precision(tmp_path):
     assert report["totals"]["passed"] >= 20  # the golden vectors
 
 
-def test_golden_vectors_missing_is_a_skip_not_a_pass(tmp_path):
+def test_golden_vectors_named_but_missing_or_damaged_are_a_usage_error(tmp_path, capsys):
+    # A skip would let a mistyped --vectors pass a run without replaying a single vector.
     code, report = run_suite("numpy", tmp_path, "-k", "golden", f"--vectors={tmp_path}")
-    assert code == pytest.ExitCode.OK
-    (record,) = report["tests"]
-    assert record["outcome"] == "skipped" and "no golden vectors" in record["detail"]
+    assert code == pytest.ExitCode.USAGE_ERROR and report == {}
+    assert f"--vectors={str(tmp_path)!r} is not a golden-vector folder" in capsys.readouterr().err
+    (tmp_path / "index.json").write_text('{"spec_version": "1.0", "cases": [{"file": "../x"}]}')
+    code, _ = run_suite("numpy", tmp_path, "-k", "golden", f"--vectors={tmp_path}")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert "expected an object whose 'file' is the name of a .json file" in capsys.readouterr().err
+
+
+def test_an_unwritable_report_path_is_a_usage_error_before_anything_runs(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for path, problem in ((tmp_path, "is a folder"), (blocker / "r.json", "is not a folder")):
+        code = pytest.main(
+            [str(SUITE_DIR), "-q", "-p", "no:cacheprovider", "--backend=numpy",
+             f"--conformance-report={path}", "-k", "wrong_rank"]
+        )  # fmt: skip
+        assert code == pytest.ExitCode.USAGE_ERROR
+        assert problem in capsys.readouterr().err
 
 
 def test_markdown_report_lists_every_check_and_capability(tmp_path):
