@@ -9,18 +9,23 @@ Functional and Sequential models, under `jit_compile`, and survives `model.save`
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import keras
+import ml_dtypes
 import numpy as np
 from keras import ops
 
 from nonlocal_core import InputError, NonLocalConfig, check_shapes, check_weights
+from nonlocal_core.config import require_flag
 
 from . import functional as F
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(NonLocalConfig))
+# The arguments of `NonLocalBlock.call`, in order.
+_CALL_ARGS = ("x", "context", "key_mask", "training", "return_attention")
 
 # Canonical name -> (layer attribute, whether the canonical tensor is the transposed kernel).
 # Keras kernels are (in, out); the canonical 1x1 projections are (out, in).
@@ -58,7 +63,9 @@ class NonLocalBlock(keras.layers.Layer):
     `context` (default x); `key_mask` is boolean over the key grid after subsampling,
     ``(B, *S')`` or ``(B, N')``, True = valid; `training` makes BN use batch statistics and
     update its running ones; `return_attention` also returns the (B, N, N') matrix a_ij.
-    A new block is the identity (BN gamma = beta = 0).
+    Integer ``x`` and ``context`` are converted to the layer's compute dtype, as Keras's own
+    layers (``Dense``, ``Conv2D``) do; bool, complex, string and object arrays are an
+    `InputError`. A new block is the identity (BN gamma = beta = 0).
 
     Example:
         >>> import numpy as np
@@ -88,7 +95,9 @@ class NonLocalBlock(keras.layers.Layer):
         use_fused_attention: bool = True,
         **kwargs: Any,
     ) -> None:
+        _check_dtype_argument(kwargs.get("dtype"))
         super().__init__(**kwargs)
+        _check_policy(self.dtype_policy, kwargs.get("dtype"))
         if data_format is None:
             data_format = keras.config.image_data_format()
         self._fields = {
@@ -105,13 +114,19 @@ class NonLocalBlock(keras.layers.Layer):
             "residual": residual,
             "data_format": data_format,
         }
-        if not (isinstance(norm_momentum, float | int) and 0.0 <= norm_momentum <= 1.0):
+        if not (
+            isinstance(norm_momentum, numbers.Real)
+            and not isinstance(norm_momentum, bool)
+            and 0.0 <= float(norm_momentum) <= 1.0
+        ):
             raise ValueError(
                 f"NonLocalBlock.norm_momentum={norm_momentum!r} is invalid: expected a float "
                 "in [0, 1] (weight of the old running statistic)"
             )
         self.norm_momentum = float(norm_momentum)
-        self.use_fused_attention = bool(use_fused_attention)
+        self.use_fused_attention = require_flag(
+            use_fused_attention, "NonLocalBlock.use_fused_attention"
+        )
         self._config: NonLocalConfig | None = None
         if in_channels is not None and spatial_dims is not None:
             self._config = NonLocalConfig(**self._fields)
@@ -125,8 +140,12 @@ class NonLocalBlock(keras.layers.Layer):
             sub = fields["subsample"]
             fields["spatial_dims"] = len(sub) if isinstance(sub, list | tuple) else 2
         if fields["in_channels"] is None:
-            same = fields["instantiation"] == "gaussian" and fields["context_channels"]
-            fields["in_channels"] = fields["context_channels"] if same else 1
+            # Gaussian needs C_ctx = C: borrow a valid context_channels (an invalid one is
+            # then reported under its own name).
+            ctx = fields["context_channels"]
+            valid = isinstance(ctx, numbers.Integral) and not isinstance(ctx, bool) and ctx >= 1
+            same = fields["instantiation"] == "gaussian" and valid
+            fields["in_channels"] = ctx if same else 1
         NonLocalConfig(**fields)
 
     # Config -------------------------------------------------------------------------------
@@ -147,6 +166,11 @@ class NonLocalBlock(keras.layers.Layer):
         return self._config
 
     def _resolve(self, x_shape) -> NonLocalConfig:
+        """The config for an input of `x_shape`: the block's own, or one read from the shape.
+
+        Not kept here: `build` keeps it once every shape is checked, so that a rejected
+        first input leaves the block as it was.
+        """
         if self._config is not None:
             return self._config
         x_shape = tuple(x_shape)
@@ -166,8 +190,7 @@ class NonLocalBlock(keras.layers.Layer):
                     "the layer, or pass in_channels"
                 )
             fields["in_channels"] = int(x_shape[axis])
-        self._config = NonLocalConfig(**fields)
-        return self._config
+        return NonLocalConfig(**fields)
 
     def get_config(self) -> dict[str, Any]:
         """Keras serialisation: the layer kwargs plus every (resolved) config field.
@@ -214,6 +237,7 @@ class NonLocalBlock(keras.layers.Layer):
         """Create theta, phi, g, w_f, W_z and BN weights at the spec's initialisation."""
         cfg = self._resolve(x_shape)
         check_shapes(cfg, tuple(x_shape), _maybe(context_shape), _maybe(key_mask_shape))
+        self._config = cfg
         c, ci, cc = cfg.in_channels, cfg.inter_channels, cfg.context_channels
         small = keras.initializers.RandomNormal(stddev=0.01)
 
@@ -258,6 +282,9 @@ class NonLocalBlock(keras.layers.Layer):
     def load_canonical_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Set every weight from the spec's canonical layout (checked first: `WeightError`).
 
+        Every value is checked and converted to the variable dtype before the first one is
+        assigned: a rejected load leaves every weight as it was.
+
         Example:
             >>> from nonlocal_core import random_weights
             >>> block = NonLocalBlock(4, spatial_dims=2, instantiation="dot_product")
@@ -267,11 +294,17 @@ class NonLocalBlock(keras.layers.Layer):
             True
         """
         check_weights(weights, self.nonlocal_config)
+        dtype = _numpy_dtype(self.variable_dtype)
+        values = {}
+        # Overflow to +-inf in a narrow variable dtype is IEEE rounding, as in `assign`.
+        with np.errstate(over="ignore"):
+            for name, value in weights.items():
+                attr, transpose = _CANONICAL[name]
+                array = np.asarray(value).astype(dtype)
+                values[attr] = array.T if transpose else array
         self._ensure_built()
-        for name, value in weights.items():
-            attr, transpose = _CANONICAL[name]
-            value = np.asarray(value)
-            getattr(self, attr).assign(value.T if transpose else value)
+        for attr, value in values.items():
+            getattr(self, attr).assign(value)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """Every weight in the spec's canonical layout, as NumPy arrays (variable dtype).
@@ -293,6 +326,33 @@ class NonLocalBlock(keras.layers.Layer):
 
     # Forward ------------------------------------------------------------------------------
 
+    def __call__(self, *args: Any, **kwargs: Any):
+        """Check the call's arguments as given, then `keras.layers.Layer.__call__`.
+
+        Keras converts array arguments to tensors before `call` sees them (on JAX it parses
+        a string array of numbers; elsewhere the failure does not name the argument), so
+        their dtypes are checked here, on the raw values. Integer NumPy inputs are converted
+        to the compute dtype by NumPy (JAX without x64 would wrap int64 to int32).
+        """
+        args = list(args)
+        for position, name in enumerate(_CALL_ARGS):
+            if position < len(args):
+                args[position] = self._checked_argument(name, args[position])
+            elif name in kwargs:
+                kwargs[name] = self._checked_argument(name, kwargs[name])
+        return super().__call__(*args, **kwargs)
+
+    def _checked_argument(self, name: str, value: Any) -> Any:
+        if name == "training":
+            return None if value is None else require_flag(value, "training")
+        if name == "return_attention":
+            return require_flag(value, "return_attention")
+        if value is None and name != "x":
+            return None
+        if name == "key_mask":
+            return _bool_input(value, name)
+        return _real_input(value, name, self.compute_dtype)
+
     def compute_output_shape(self, x_shape, context_shape=None, key_mask_shape=None):
         """z has the shape of x."""
         return tuple(x_shape)
@@ -301,6 +361,7 @@ class NonLocalBlock(keras.layers.Layer):
         self, x, context=None, key_mask=None, training=None, return_attention=False
     ):
         """z like x, and with `return_attention` the (B, N, N') attention matrix."""
+        return_attention = require_flag(return_attention, "return_attention")
         cfg = self._resolve(x.shape)
         shapes = check_shapes(cfg, tuple(x.shape), _shape_of(context), _shape_of(key_mask))
         z = keras.KerasTensor(tuple(x.shape), dtype=self.compute_dtype)
@@ -311,17 +372,16 @@ class NonLocalBlock(keras.layers.Layer):
 
     def call(self, x, context=None, key_mask=None, training=None, return_attention=False):
         """z (and a_ij with `return_attention`); see the class docstring."""
-        cfg = self._resolve(x.shape)
-        x = ops.cast(_real_tensor(x, "x"), self.compute_dtype)
+        # Checked again here: `stateless_call` and subclasses reach `call` without __call__.
+        training = None if training is None else require_flag(training, "training")
+        return_attention = require_flag(return_attention, "return_attention")
+        dtype = self.compute_dtype
+        x = ops.cast(ops.convert_to_tensor(_real_input(x, "x", dtype)), dtype)
         if context is not None:
-            context = ops.cast(_real_tensor(context, "context"), self.compute_dtype)
+            context = ops.cast(ops.convert_to_tensor(_real_input(context, "context", dtype)), dtype)
         if key_mask is not None:
-            key_mask = ops.convert_to_tensor(key_mask)
-            mask_dtype = keras.backend.standardize_dtype(key_mask.dtype)
-            if mask_dtype != "bool":
-                raise InputError(
-                    f"key_mask has dtype {mask_dtype}: expected bool (True = valid key)"
-                )
+            key_mask = ops.convert_to_tensor(_bool_input(key_mask, "key_mask"))
+        cfg = self._resolve(x.shape)
         check_shapes(cfg, tuple(x.shape), _shape_of(context), _shape_of(key_mask))
 
         x_grid = F.to_grid(x, cfg.data_format)
@@ -420,13 +480,115 @@ def to_numpy(tensor) -> np.ndarray:
     return value.numpy().copy()  # .numpy() shares memory: later assigns would show through
 
 
-def _real_tensor(value, name: str):
-    """`value` as a tensor; a non-real dtype (complex, bool, string) is an `InputError`."""
-    tensor = ops.convert_to_tensor(value)
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    if not ("float" in dtype or "int" in dtype):
-        raise InputError(f"{name} has dtype {dtype}: expected a real (float or int) array")
-    return tensor
+def _numpy_dtype(dtype) -> np.dtype:
+    """The NumPy dtype of a Keras dtype name (bfloat16: `ml_dtypes`'s, which Keras reads).
+
+    Example:
+        >>> _numpy_dtype("float32"), _numpy_dtype("bfloat16")
+        (dtype('float32'), dtype(bfloat16))
+    """
+    dtype = keras.backend.standardize_dtype(dtype)
+    return np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+
+def _raw_dtype(value, name: str) -> tuple[Any, str]:
+    """`value` (a tensor stays one, anything else becomes a NumPy array) and its dtype name.
+
+    The dtype is read before any conversion to a tensor, which would reject some dtypes
+    with errors that do not name the argument, or (JAX) parse strings as numbers.
+    """
+    if isinstance(value, keras.KerasTensor) or ops.is_tensor(value):
+        return value, keras.backend.standardize_dtype(value.dtype)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise InputError(f"{name} ({_brief(value)}) cannot be read as an array: {exc}") from exc
+    dtype = array.dtype
+    if dtype.kind in "US":
+        return array, "str" if dtype.kind == "U" else "bytes"
+    if dtype.kind == "V":  # ml_dtypes' bfloat16, float8, int4 (or a structured array)
+        try:
+            return array, keras.backend.standardize_dtype(dtype)
+        except ValueError:
+            return array, str(dtype)
+    return array, str(dtype)  # NumPy's names: bool, int8, float128, complex64, object, ...
+
+
+def _real_input(value, name: str, compute_dtype: str):
+    """`value` as a tensor or NumPy array of a real dtype, else an `InputError` naming it.
+
+    NumPy arrays other than float16/32/64 (integers, long double, ml_dtypes' types) are
+    converted to `compute_dtype` here, by NumPy: a backend could not hold some of them (JAX
+    without x64 wraps int64 to int32).
+
+    Example:
+        >>> _real_input(np.zeros(2, "complex64"), "x", "float32")
+        Traceback (most recent call last):
+        ...
+        nonlocal_core.shapes.InputError: x has dtype complex64: expected a real (float or int) tensor or array, got ndarray of shape (2,)
+        >>> _real_input(np.arange(2), "x", "float32").dtype
+        dtype('float32')
+    """  # noqa: E501
+    if value is None:
+        raise InputError(f"{name} is None: expected a real (float or int) tensor or array")
+    value, dtype = _raw_dtype(value, name)
+    if dtype == "bool" or not ("float" in dtype or "int" in dtype):
+        raise InputError(
+            f"{name} has dtype {dtype}: expected a real (float or int) tensor or array, got "
+            f"{_brief(value)}"
+        )
+    if isinstance(value, np.ndarray) and dtype not in ("float16", "float32", "float64"):
+        return value.astype(_numpy_dtype(compute_dtype))
+    return value
+
+
+def _bool_input(value, name: str):
+    """`value` as a tensor or NumPy array of dtype bool, else an `InputError` naming it."""
+    value, dtype = _raw_dtype(value, name)
+    if dtype != "bool":
+        raise InputError(
+            f"{name} has dtype {dtype}: expected bool (True = valid key), got {_brief(value)}"
+        )
+    return value
+
+
+def _brief(value) -> str:
+    """A short description of a value for error messages: no array dumps."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, np.generic):
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_dtype_argument(dtype) -> None:
+    """A ValueError naming ``dtype`` when Keras cannot read it as a dtype policy at all."""
+    if dtype is None:
+        return
+    try:
+        keras.dtype_policies.get(dtype)
+    except Exception as exc:  # Keras raises ValueError, TypeError, AttributeError, ...
+        raise ValueError(
+            f"NonLocalBlock.dtype={dtype!r} is invalid ({type(exc).__name__}: {exc}): "
+            "expected a floating dtype or policy such as 'float32', 'float64' or "
+            "'mixed_bfloat16'"
+        ) from exc
+
+
+def _check_policy(policy, dtype) -> None:
+    """A ValueError naming ``dtype`` unless `policy` computes and stores in floating point."""
+    compute, variable = policy.compute_dtype, policy.variable_dtype
+    quantized = getattr(policy, "quantization_mode", None)
+    floating = keras.backend.is_float_dtype(compute) and keras.backend.is_float_dtype(variable)
+    if floating and quantized is None:
+        return
+    given = "" if dtype is not None else " (Keras's global dtype policy)"
+    what = f" and is quantized ({quantized})" if quantized is not None else ""
+    raise ValueError(
+        f"NonLocalBlock.dtype={dtype!r}{given} is invalid: policy {policy.name!r} computes "
+        f"in {compute} and stores variables in {variable}{what}: expected floating compute "
+        "and variable dtypes, such as 'float32', 'float64' or 'mixed_bfloat16'"
+    )
 
 
 def _maybe(shape):
