@@ -12,6 +12,8 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 SPEC_VERSION = "1.0"
 
 INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
@@ -69,7 +71,7 @@ def require_flag(value: Any, name: str) -> bool:
         TypeError: training='no' is invalid: expected True or False
     """
     # numpy.bool_ is not a bool subclass but is a flag all the same.
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool | np.bool_):
         return bool(value)
     raise TypeError(f"{name}={value!r} is invalid: expected True or False")
 

@@ -111,6 +111,7 @@ def junk() -> st.SearchStrategy[Any]:
         st.just(Opaque()),
         st.just(np.float32(np.nan)),
         st.just(np.int64(2)),
+        st.just(np.True_),
     )
     return st.recursive(
         scalars,

@@ -159,7 +159,7 @@ def test_flags_accept_only_booleans(value, flag):
     # spec: ERR-1 (flags)
     config = CONFIGS[0]
     x, weights = _case(config)
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         nonlocal_forward(x, weights, config, **{flag: value})
     else:
         expect_error(lambda: nonlocal_forward(x, weights, config, **{flag: value}), [flag])
