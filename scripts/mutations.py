@@ -205,6 +205,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "keras-converts-before-checking",
+        "backends/nonlocal_keras/layer.py",
+        "                args[position] = self._checked_argument(name, args[position])",
+        "                pass",
+        (
+            "tests/keras/test_fuzz.py::test_string_and_object_arrays_of_numbers_are_rejected[string]",
+        ),
+        keras_backend="torch",
+    ),
+    Mutation(
+        "keras-any-dtype-policy",
+        "backends/nonlocal_keras/layer.py",
+        '        _check_policy(self.dtype_policy, kwargs.get("dtype"))',
+        "        pass",
+        ("tests/keras/test_fuzz.py::test_constructor_rejects_a_non_floating_dtype_policy[int32]",),
+        keras_backend="torch",
+    ),
+    Mutation(
         "sorted-concatenation-misses-nan-keys",
         "backends/nonlocal_torch/strategies.py",
         '    y = torch.where(poisoned[:, None, None], float("nan"), y)\n',
