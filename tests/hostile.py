@@ -228,18 +228,6 @@ def negative_variance(weights: dict[str, np.ndarray]) -> Hostile:
 # Inputs -----------------------------------------------------------------------------------
 
 
-def feature_shape(config: NonLocalConfig, batch: int, extent, channels: int) -> tuple[int, ...]:
-    """The shape of a feature tensor in `config`'s layout.
-
-    Example:
-        >>> feature_shape(NonLocalConfig(4, data_format="channels_last"), 2, (3, 5), 4)
-        (2, 3, 5, 4)
-    """
-    if config.data_format == "channels_first":
-        return (batch, channels, *extent)
-    return (batch, *extent, channels)
-
-
 @st.composite
 def input_mutations(draw, config: NonLocalConfig, x: np.ndarray, name: str = "x") -> Hostile:
     """`x` broken (rank, channels, an empty axis, a bad dtype, junk) - each an error naming

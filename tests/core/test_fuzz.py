@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nonlocal_conformance.strategies import feature_shape
 from nonlocal_core import (
     INSTANTIATIONS,
     NonLocalConfig,
@@ -23,7 +24,6 @@ from nonlocal_core import (
 from tests.hostile import (
     Hostile,
     expect_error,
-    feature_shape,
     fuzz_settings,
     input_mutations,
     junk,

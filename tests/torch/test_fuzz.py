@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nonlocal_conformance.dtypes import Precision
+from nonlocal_conformance.strategies import feature_shape
 from nonlocal_conformance.suite import assert_within
 from nonlocal_conformance.trace import SAFETY, trace_forward
 from nonlocal_core import INSTANTIATIONS, NonLocalConfig, random_weights
@@ -23,7 +24,6 @@ from nonlocal_torch.strategies import ALLOWED_STRATEGIES
 from tests.hostile import (
     Hostile,
     expect_error,
-    feature_shape,
     fuzz_settings,
     input_mutations,
     junk,
