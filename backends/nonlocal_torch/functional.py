@@ -309,7 +309,12 @@ def attend(
         return softmax_attention(theta, phi, g, config.scale, mask, strategy), None
     if strategy == "auto":
         n, m = theta.shape[1], phi.shape[1]
-        strategy = choose_strategy(config.instantiation, n, m, theta.shape[-1], g.shape[-1])
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (theta, phi, g, concat_weight)
+        )
+        strategy = choose_strategy(
+            config.instantiation, n, m, theta.shape[-1], g.shape[-1], training=training
+        )
         if strategy == "pairwise":
             attention = _attention_matrix(theta, phi, config, concat_weight, mask)
             return attention @ g.to(attention.dtype), None

@@ -40,8 +40,16 @@ ALLOWED_STRATEGIES = {
 CHUNK_ELEMENTS = 1 << 22
 # The pairwise concatenation is used only while its (B, N, N') matrix stays below this.
 PAIRWISE_LIMIT = 1 << 24
-# Cost of one sorted-path operation in pairwise operations (measured on CPU, 1 thread).
-SORTED_OVERHEAD = 128
+# log(t_sorted / t_pairwise) ~ c0 + c1 log(N N') + c2 log C' + c3 log N' for the
+# concatenation, (c0, c1, c2, c3) for inference (False) and training (True). Fitted by
+# scripts/calibrate_concatenation.py on a 2-core CPU (torch 2.13, 2 threads, B = 2) over
+# N N' from 1e4 to 4e6 and C' from 32 to 512; see docs/performance.md for the table. The
+# old constant-overhead model (pairwise while N N' (C' + 2) <= 128 (N + N')(log2 N' + C'))
+# picked wrongly at 10 of 32 points in inference, up to 5.4x slower.
+CONCAT_MODEL = {
+    False: (4.336, -0.278, 0.275, -0.299),
+    True: (1.824, -0.546, 0.651, 0.316),
+}
 
 
 def check_strategy(strategy: str, instantiation: str) -> str:
@@ -64,7 +72,12 @@ def check_strategy(strategy: str, instantiation: str) -> str:
 
 
 def choose_strategy(
-    instantiation: str, num_queries: int, num_keys: int, embed_dim: int, value_dim: int
+    instantiation: str,
+    num_queries: int,
+    num_keys: int,
+    embed_dim: int,
+    value_dim: int,
+    training: bool = False,
 ) -> str:
     """The cost model behind ``strategy="auto"``.
 
@@ -72,14 +85,16 @@ def choose_strategy(
       falls back to ``chunked`` when every fused kernel refuses the inputs.
     - dot product: ``associative`` when (N + N') d C' <= N N' (d + C'), i.e. unless the key
       grid is tiny; otherwise ``pairwise``.
-    - concatenation: ``pairwise`` (one (B, N, N') scalar matrix and a matmul) while
-      N N' (C' + 2) is below `SORTED_OVERHEAD` (N + N') (log2 N' + C') - the sorted path's
-      sort, search, gathers and suffix sums are slow per operation; the constant is
-      calibrated on CPU, where the two cross near N = 1024, N' = 256, C' = 64 - and the
-      matrix stays under `PAIRWISE_LIMIT` elements; otherwise ``sorted``.
+    - concatenation: ``pairwise`` (one (B, N, N') scalar matrix and a matmul) where
+      `CONCAT_MODEL` predicts it faster and the matrix stays under `PAIRWISE_LIMIT`
+      elements; otherwise ``sorted``. `training` (gradients will be taken) selects the
+      forward + backward model: the pairwise backward goes through the matrix again, so
+      sorting pays off at smaller sizes there.
 
     Example:
-        >>> choose_strategy("concatenation", 3136, 784, 256, 256)
+        >>> choose_strategy("concatenation", 784, 196, 128, 128)  # the matrix is small
+        'pairwise'
+        >>> choose_strategy("concatenation", 4096, 1024, 64, 64)
         'sorted'
         >>> choose_strategy("dot_product", 4096, 1, 64, 64)
         'pairwise'
@@ -93,9 +108,10 @@ def choose_strategy(
             if (n + m) * embed_dim * value_dim <= n * m * (embed_dim + value_dim)
             else "pairwise"
         )
-    pairwise_cost = n * m * (value_dim + 2)
-    sorted_cost = SORTED_OVERHEAD * (n + m) * (math.log2(max(m, 2)) + value_dim)
-    if pairwise_cost <= sorted_cost and n * m <= PAIRWISE_LIMIT:
+    c0, c1, c2, c3 = CONCAT_MODEL[bool(training)]
+    width = max(value_dim, 1)
+    log_ratio = c0 + c1 * math.log(max(n * m, 1)) + c2 * math.log(width) + c3 * math.log(m)
+    if log_ratio >= 0 and n * m <= PAIRWISE_LIMIT:  # sorted predicted no faster
         return "pairwise"
     return "sorted"
 
