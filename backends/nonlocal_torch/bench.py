@@ -2,7 +2,8 @@
 
     python -m nonlocal_torch.bench --mode smoke            # CI: tiny sizes, seconds
     python -m nonlocal_torch.bench --mode full             # CPU sweep up to N = 16384
-    python -m nonlocal_torch.bench --mode full --device cuda   # + the six anchor cases
+    python -m nonlocal_torch.bench --mode full --device cuda   # + the six anchor cases,
+                                                               # and nonlocal_torch.sidebyside
 
 Time is the median over repeats after warm-up (CUDA events on a GPU); peak memory is what
 the run allocates above its inputs and weights (``torch.cuda.max_memory_allocated`` on a
@@ -482,6 +483,12 @@ def main(argv: list[str] | None = None) -> dict:
     plot(rows, out / "bench.png")
     print(table(rows))
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    if args.mode == "full" and args.device == "cuda":
+        # The published formulations side by side (sidebyside.md/.json into the same folder).
+        from . import sidebyside
+
+        limit = ["--limit-gib", str(args.naive_limit_gib)] if args.naive_limit_gib else []
+        sidebyside.main(["--device", "cuda", "--out", str(out), *limit])
     return doc
 
 

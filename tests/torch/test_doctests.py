@@ -13,6 +13,8 @@ MODULES = [
     "nonlocal_torch.functional",
     "nonlocal_torch.conformance",
     "nonlocal_torch.strategies",
+    "nonlocal_torch.formulations",
+    "nonlocal_torch.sidebyside",
 ]
 
 
