@@ -301,23 +301,27 @@ def attend(
     """`nonlocal_attention` without its operand checks, for callers that checked already
     (`NonLocalBlock.forward` validates x, context and mask against its config)."""
     check_strategy(strategy, config.instantiation)
+    if strategy == "auto" and not return_attention:
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (theta, phi, g, concat_weight)
+        )
+        chosen = choose_strategy(
+            config.instantiation,
+            theta.shape[1],
+            phi.shape[1],
+            theta.shape[-1],
+            g.shape[-1],
+            training=training,
+        )
+        # "sdpa" stays "auto" for softmax_attention, which falls back to "chunked" where no
+        # fused kernel accepts the inputs (a forced "sdpa" would take the N x N' math kernel).
+        strategy = "auto" if chosen == "sdpa" else chosen
     if return_attention or strategy == "pairwise":
         attention = _attention_matrix(theta, phi, config, concat_weight, mask)
         y = attention @ g.to(attention.dtype)
         return y, (attention if return_attention else None)
     if config.is_softmax:
         return softmax_attention(theta, phi, g, config.scale, mask, strategy), None
-    if strategy == "auto":
-        n, m = theta.shape[1], phi.shape[1]
-        training = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (theta, phi, g, concat_weight)
-        )
-        strategy = choose_strategy(
-            config.instantiation, n, m, theta.shape[-1], g.shape[-1], training=training
-        )
-        if strategy == "pairwise":
-            attention = _attention_matrix(theta, phi, config, concat_weight, mask)
-            return attention @ g.to(attention.dtype), None
     if config.instantiation == "dot_product":
         return dot_product_attention(theta, phi, g, mask), None
     return concatenation_attention(theta, phi, g, concat_weight, mask), None

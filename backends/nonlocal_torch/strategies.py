@@ -42,13 +42,14 @@ CHUNK_ELEMENTS = 1 << 22
 PAIRWISE_LIMIT = 1 << 24
 # log(t_sorted / t_pairwise) ~ c0 + c1 log(N N') + c2 log C' + c3 log N' for the
 # concatenation, (c0, c1, c2, c3) for inference (False) and training (True). Fitted by
-# scripts/calibrate_concatenation.py on a 2-core CPU (torch 2.13, 2 threads, B = 2) over
-# N N' from 1e4 to 4e6 and C' from 32 to 512; see docs/performance.md for the table. The
-# old constant-overhead model (pairwise while N N' (C' + 2) <= 128 (N + N')(log2 N' + C'))
-# picked wrongly at 10 of 32 points in inference, up to 5.4x slower.
+# scripts/calibrate_concatenation.py on an idle 2-core CPU (torch 2.13, 2 threads, B = 2)
+# over N N' from 1e4 to 4e6 and C' from 32 to 512 (table in docs/performance.md). There the
+# old rule (pairwise while N N' (C' + 2) <= 128 (N + N')(log2 N' + C')) picked the slower
+# strategy at 20 of 40 points in inference (up to 4.2x slower) and 16 in training (2.5x);
+# this model's wrong picks are near-ties, at worst 1.34x.
 CONCAT_MODEL = {
-    False: (4.336, -0.278, 0.275, -0.299),
-    True: (1.824, -0.546, 0.651, 0.316),
+    False: (2.431, -0.354, 0.304, 0.165),
+    True: (1.557, -0.273, 0.389, 0.002),
 }
 
 
@@ -82,7 +83,9 @@ def choose_strategy(
     """The cost model behind ``strategy="auto"``.
 
     - softmax: ``sdpa`` (fused kernels, memory linear in N); `softmax_attention` itself
-      falls back to ``chunked`` when every fused kernel refuses the inputs.
+      falls back to ``chunked`` when every fused kernel refuses the inputs. (On CPU in
+      training, materialising a small matrix is 15-25% faster at N = N' = 256..576, 4-8 ms;
+      the softmax keeps its linear memory at every size instead.)
     - dot product: ``associative`` when (N + N') d C' <= N N' (d + C'), i.e. unless the key
       grid is tiny; otherwise ``pairwise``.
     - concatenation: ``pairwise`` (one (B, N, N') scalar matrix and a matmul) where
