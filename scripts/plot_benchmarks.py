@@ -19,6 +19,11 @@ solid, naive dashed) and ``docs/_snippets/perf-NAME.md`` (ours against naive per
     python scripts/plot_benchmarks.py --import benchmarks/results/bench.json \
         --name cpu-sweep --machine "2-core x86-64 VM, 1 thread, torch 2.13.0+cpu"
 
+Each ``docs/assets/perf/NAME.sidebyside.json`` is a document written by
+``python -m nonlocal_torch.sidebyside`` (copied as it is); it becomes
+``docs/_snippets/perf-NAME.md``: per case and pass, ours against the fastest published
+formulation, with the ratios.
+
 Plots are written deterministically (no dates, fixed SVG ids), so ``--check`` can compare
 bytes.
 
@@ -267,6 +272,71 @@ def bench_outputs(json_path: Path) -> dict[Path, str]:
     }
 
 
+def sidebyside_table(doc: dict) -> str:
+    """One line per case and pass of a ``python -m nonlocal_torch.sidebyside`` document: ours,
+    the fastest published formulation, and their ratio (<= 1: ours at least at parity).
+
+    Example:
+        >>> rows = [
+        ...     dict(case="c", instantiation="dot_product", pass_="fwd", candidate="ours",
+        ...          status="ok", median_ms=2.0, peak_mib=1.0, ratio=0.5,
+        ...          ratio_same_function=0.5),
+        ...     dict(case="c", instantiation="dot_product", pass_="fwd",
+        ...          candidate="materialising dot product", status="ok", median_ms=4.0,
+        ...          peak_mib=9.0, ratio=None, ratio_same_function=None)]
+        >>> rows = [{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in rows]
+        >>> print(sidebyside_table({"rows": rows}))
+        | case | pass | ours: ms / MiB | fastest published: ms / MiB | ours / fastest | ours / same function |
+        |---|---|---|---|---|---|
+        | c dot_product | fwd | ours: 2 / 1 | materialising dot product: 4 / 9 | 0.5 | 0.5 |
+    """  # noqa: E501
+    lines = [
+        "| case | pass | ours: ms / MiB | fastest published: ms / MiB | ours / fastest "
+        "| ours / same function |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in doc["rows"]:
+        groups.setdefault((row["case"], row["instantiation"], row["pass"]), []).append(row)
+    for (case, instantiation, direction), rows in groups.items():
+        published = [
+            r for r in rows if not r["candidate"].startswith("ours") and r["status"] == "ok"
+        ]
+        fastest = min(published, key=lambda r: r["median_ms"], default=None)
+        if fastest is None:
+            skipped = [r["status"] for r in rows if not r["candidate"].startswith("ours")]
+            best = skipped[0] if skipped else "none"
+        else:
+            best = f"{fastest['candidate']}: {_g3(fastest['median_ms'])} / "
+            best += _g3(fastest["peak_mib"])
+        for ours in (r for r in rows if r["candidate"].startswith("ours")):
+            cells = [
+                f"{case} {instantiation}",
+                direction,
+                f"{ours['candidate']}: {_g3(ours['median_ms'])} / {_g3(ours['peak_mib'])}",
+                best,
+                _g3(ours["ratio"]),
+                _g3(ours["ratio_same_function"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _g3(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def sidebyside_outputs(json_path: Path) -> dict[Path, str]:
+    """What a ``NAME.sidebyside.json`` renders to: its snippet (no plot)."""
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    name = json_path.name.removesuffix(".sidebyside.json")
+    header = (
+        f"<!-- generated from docs/assets/perf/{json_path.name} by "
+        f"scripts/plot_benchmarks.py -->\n*{'; '.join(doc['header'])}*\n\n"
+    )
+    return {SNIPPETS / f"perf-{name}.md": header + sidebyside_table(doc) + "\n"}
+
+
 def import_bench(source: Path, name: str, machine: str) -> Path:
     """Copy a bench document into docs/assets/perf as NAME.bench.json, adding `machine`."""
     doc = json.loads(source.read_text(encoding="utf-8"))
@@ -308,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         rendered.update(outputs(csv_path))
     for json_path in sorted(PERF.glob("*.bench.json")):
         rendered.update(bench_outputs(json_path))
+    for json_path in sorted(PERF.glob("*.sidebyside.json")):
+        rendered.update(sidebyside_outputs(json_path))
     for path, text in rendered.items():
         current = path.read_text(encoding="utf-8") if path.is_file() else None
         if current == text:
