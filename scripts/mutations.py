@@ -223,6 +223,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         keras_backend="torch",
     ),
     Mutation(
+        "w-z-on-a-channels-last-view",
+        "backends/nonlocal_torch/block.py",
+        "            y = y.contiguous()\n",
+        "            pass\n",
+        ("tests/torch/test_module.py::test_w_z_and_bn_run_in_the_layout_of_x[3]",),
+    ),
+    Mutation(
+        "slowfast-formulation-softmax-over-queries",
+        "backends/nonlocal_torch/formulations.py",
+        "    attention = logits.softmax(dim=2)",
+        "    attention = logits.softmax(dim=1)",
+        (
+            "tests/torch/test_sidebyside.py::test_formulation_is_our_block[slowfast_embedded-2d-full]",
+        ),
+    ),
+    Mutation(
         "sorted-concatenation-misses-nan-keys",
         "backends/nonlocal_torch/strategies.py",
         '    y = torch.where(poisoned[:, None, None], float("nan"), y)\n',

@@ -199,3 +199,21 @@ def test_channels_last_data_format_matches_channels_first():
     z_cl = block_cl(tensor(x).movedim(1, -1), key_mask=tensor(mask))
     assert z_cl.is_contiguous() and z_cl.shape == (2, 3, 4, 5, 4)
     torch.testing.assert_close(z_cl, z_cf.movedim(1, -1), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_w_z_and_bn_run_in_the_layout_of_x(spatial_dims):
+    # A channels-first x must not send W_z and BN through a channels_last view (BN is
+    # several times slower there on CPU, issue 18); a channels_last x keeps its format.
+    block = NonLocalBlock(8, spatial_dims=spatial_dims, subsample=True)
+    seen = []
+    for module in (block.out, block.norm):
+        module.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    x = torch.randn(2, 8, *(4,) * spatial_dims)
+    z = block(x)
+    assert all(t.is_contiguous() for t in seen) and z.is_contiguous()
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    seen.clear()
+    z = block(x.contiguous(memory_format=fmt))
+    assert all(t.is_contiguous(memory_format=fmt) for t in seen)
+    assert z.is_contiguous(memory_format=fmt)
