@@ -42,6 +42,20 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+SPEC_MAJOR = SPEC_VERSION.split(".")[0]
+
+
+def is_compatible_version(version: Any) -> bool:
+    """Whether a file's ``spec_version`` is a string of this spec's MAJOR version (the
+    semantics of a block only change with the MAJOR version).
+
+    Example:
+        >>> is_compatible_version("1.3"), is_compatible_version("2.0"), is_compatible_version(1)
+        (True, False, False)
+    """
+    return isinstance(version, str) and version.split(".")[0] == SPEC_MAJOR
+
+
 def require_config(config: Any, name: str = "config") -> None:
     """Raise TypeError unless `config` is a `NonLocalConfig` (a dict or kwargs are not).
 

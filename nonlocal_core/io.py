@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SPEC_VERSION, NonLocalConfig, require_config
+from .config import SPEC_MAJOR, SPEC_VERSION, NonLocalConfig, is_compatible_version, require_config
 from .weights import Weights, check_weights
 
 CONFIG_KEY = "__config__"
@@ -158,9 +158,10 @@ def _parse_header(header: np.ndarray, name: str) -> NonLocalConfig:
             '{"spec_version": "1.0", "config": {...}}'
         )
     version = document.get("spec_version")
-    major = SPEC_VERSION.split(".")[0]
-    if not isinstance(version, str) or version.split(".")[0] != major:
-        raise FileFormatError(f"{name} was written for spec {version!r}: expected a {major}.x file")
+    if not is_compatible_version(version):
+        raise FileFormatError(
+            f"{name} was written for spec {version!r}: expected a {SPEC_MAJOR}.x file"
+        )
     try:
         return NonLocalConfig.from_dict(document["config"])
     except (TypeError, ValueError) as exc:

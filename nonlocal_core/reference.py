@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import NonLocalConfig, require_config, require_flag
 from .shapes import InputError, check_shapes
-from .weights import check_weights
+from .weights import check_weights, is_real_dtype
 
 # Steps 1-2: layout and projections --------------------------------------------------------
 
@@ -245,7 +245,7 @@ def output_transform(y, x_flat, weights: Mapping, config: NonLocalConfig, traini
 
 def _as_float64(value, name: str) -> np.ndarray:
     array = np.asarray(value)
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    if not is_real_dtype(array.dtype):
         raise InputError(f"{name} has dtype {array.dtype}: expected a real (float or int) array")
     return array.astype(np.float64)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SPEC_VERSION, NonLocalConfig
+from .config import SPEC_MAJOR, NonLocalConfig, is_compatible_version
 from .io import FileFormatError, brief
 from .shapes import check_shapes
 from .weights import check_weights
@@ -82,9 +82,10 @@ def _parse_case(raw: Any) -> dict:
         raise VectorFileError(
             f"keys missing {missing}, unknown {unknown}: expected exactly the keys {required}"
         )
-    version, major = raw["spec_version"], SPEC_VERSION.split(".")[0]
-    if not isinstance(version, str) or version.split(".")[0] != major:
-        raise VectorFileError(f"spec_version is {_brief(version)}: expected a {major}.x vector")
+    if not is_compatible_version(raw["spec_version"]):
+        raise VectorFileError(
+            f"spec_version is {_brief(raw['spec_version'])}: expected a {SPEC_MAJOR}.x vector"
+        )
     for key in ("name", "description"):
         if not isinstance(raw[key], str):
             raise VectorFileError(f"{key} is {_brief(raw[key])}: expected a string")
@@ -190,9 +191,10 @@ def load_index(directory: str | Path) -> list[str]:
         raise VectorFileError(
             f'{name} holds {_brief(raw)}: expected {{"spec_version": ..., "cases": [...]}}'
         )
-    version, major = raw.get("spec_version"), SPEC_VERSION.split(".")[0]
-    if not isinstance(version, str) or version.split(".")[0] != major:
-        raise VectorFileError(f"{name}: spec_version is {_brief(version)}: expected {major}.x")
+    if not is_compatible_version(raw.get("spec_version")):
+        raise VectorFileError(
+            f"{name}: spec_version is {_brief(raw.get('spec_version'))}: expected {SPEC_MAJOR}.x"
+        )
     files = []
     for i, entry in enumerate(cases):
         file = entry.get("file") if isinstance(entry, dict) else None

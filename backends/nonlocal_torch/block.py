@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nonlocal_core import InputError, NonLocalConfig, WeightError, check_shapes, check_weights
-from nonlocal_core.config import require_flag
+from nonlocal_core.config import require_config, require_flag
 
 from .functional import attend
 from .strategies import check_strategy
@@ -124,8 +124,7 @@ class NonLocalBlock(nn.Module):
             >>> NonLocalBlock.from_config(cfg).config == cfg
             True
         """
-        if not isinstance(config, NonLocalConfig):
-            raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+        require_config(config)
         fields = config.to_dict()
         # Always the general class: NonLocal2d etc. fix spatial_dims themselves.
         return NonLocalBlock(fields.pop("in_channels"), **fields, **kwargs)

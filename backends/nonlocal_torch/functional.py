@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend
 
 from nonlocal_core import NonLocalConfig
-from nonlocal_core.config import require_flag
+from nonlocal_core.config import require_config, require_flag
 
 from .strategies import check_strategy, choose_strategy, chunked_softmax, sorted_concatenation
 
@@ -75,8 +75,7 @@ def check_operands(
         ...
         ValueError: phi has shape (2, 4, 2): expected (2, N', 3) to match theta (2, 5, 3)
     """
-    if not isinstance(config, NonLocalConfig):
-        raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+    require_config(config)
     for name, t in (("theta", theta), ("phi", phi), ("g", g)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -27,6 +27,7 @@ import numpy as np
 
 import nonlocal_core
 from nonlocal_core import NonLocalConfig, check_weights, nonlocal_forward
+from nonlocal_core.config import require_config
 
 from .adapter import ALL_DTYPES, Capabilities, Output
 from .backward import NOT_TRAINABLE, reference_gradients
@@ -63,8 +64,7 @@ class NumpyAdapter:
         self, config: NonLocalConfig, weights: Mapping[str, np.ndarray], *, dtype: str, device: str
     ) -> NumpyBlock:
         """Check the weights against `config` and keep copies."""
-        if not isinstance(config, NonLocalConfig):
-            raise TypeError(f"config must be a NonLocalConfig, got {type(config).__name__}")
+        require_config(config)
         check_weights(weights, config)
         return NumpyBlock(config, {k: np.array(v, copy=True) for k, v in weights.items()}, dtype)
 
