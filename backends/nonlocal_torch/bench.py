@@ -368,15 +368,25 @@ def _threads(text: str) -> int:
         ...
         argparse.ArgumentTypeError: '-3' is not a thread count: expected an integer from 1 to ...
     """
-    most = os.cpu_count() or 1
+    return count(text, os.cpu_count() or 1, "thread count", " (this machine's CPU count)")
+
+
+def count(text: str, most: int, what: str, note: str = "") -> int:
+    """An argparse value that must be an integer from 1 to `most`; `what` names it.
+
+    Example:
+        >>> count("0", 1000, "round count")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: '0' is not a round count: expected an integer from 1 to 1000
+    """
     try:
         value = int(text)
     except ValueError:
         value = 0
     if not 1 <= value <= most:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a thread count: expected an integer from 1 to {most} "
-            "(this machine's CPU count)"
+            f"{text!r} is not a {what}: expected an integer from 1 to {most}{note}"
         )
     return value
 
@@ -401,6 +411,18 @@ def _limit_gib(text: str) -> float:
             f"{text!r} is not a memory limit: expected a finite number of GiB > 0"
         )
     return value
+
+
+def use_device_and_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What parsing alone cannot check: ``--device cuda`` needs a GPU (a usage error
+    otherwise); then ``--threads`` is applied to torch."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"argument --device: 'cuda' is not available (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}): expected cpu, or a machine with a GPU"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -436,13 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--naive-limit-gib", type=_limit_gib, default=None)
     parser.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            f"argument --device: 'cuda' is not available (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda}): expected cpu, or a machine with a GPU"
-        )
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device_and_threads(parser, args)
     smoke = args.mode == "smoke"
     if smoke:
         cases = sweep_cases([4, 8], 8, False) + sweep_cases([8], 8, True)

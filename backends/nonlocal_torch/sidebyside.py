@@ -36,7 +36,17 @@ from nonlocal_core import random_weights
 from nonlocal_core.cli import output_folder
 
 from . import formulations
-from .bench import Case, _device, _dtypes, _limit_gib, _peak_mib, _threads, anchor_cases
+from .bench import (
+    Case,
+    _device,
+    _dtypes,
+    _limit_gib,
+    _peak_mib,
+    _threads,
+    anchor_cases,
+    count,
+    use_device_and_threads,
+)
 from .block import NonLocalBlock
 
 MIB = 2**20
@@ -408,15 +418,7 @@ def _rounds(text: str) -> int:
         ...
         argparse.ArgumentTypeError: '0' is not a round count: expected an integer from 1 to 1000
     """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a round count: expected an integer from 1 to 1000"
-        )
-    return value
+    return count(text, 1000, "round count")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -466,13 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=_rounds, default=None, help="timed rounds per case")
     parser.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            f"argument --device: 'cuda' is not available (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda}): expected cpu, or a machine with a GPU"
-        )
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device_and_threads(parser, args)
     cuda = args.device == "cuda"
     dtypes = args.dtypes or ("bfloat16" if cuda else "float32")
     limit = args.limit_gib or (40.0 if cuda else 4.0)
