@@ -27,7 +27,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from nonlocal_core import NonLocalConfig, weight_shapes
+from nonlocal_core import INSTANTIATIONS, NonLocalConfig, weight_shapes
 
 # The errors bad input may raise (spec ERR-1): ValueError or TypeError, subclasses included.
 CLEAN_ERRORS = (ValueError, TypeError)
@@ -81,6 +81,43 @@ def expect_error(call: Callable[[], Any], names: Sequence[str]) -> BaseException
             f"{type(exc).__name__}: {exc}"
         ) from exc
     raise AssertionError(f"accepted; expected an error naming {' or '.join(map(repr, names))}")
+
+
+# Configs the fuzz tests of the reference and of nonlocal_torch draw from: every
+# instantiation, pooled or not, 1D to 3D, both layouts, without norm or residual.
+CONFIGS = [
+    NonLocalConfig(4, spatial_dims=2, instantiation=inst, subsample=inst != "gaussian")
+    for inst in INSTANTIATIONS
+] + [
+    NonLocalConfig(3, spatial_dims=1, instantiation="concatenation", data_format="channels_last"),
+    NonLocalConfig(2, spatial_dims=3, instantiation="dot_product", norm=None, residual=False),
+]
+# Extents the default windows divide: every position reaches a key.
+EXTENTS = {1: (6,), 2: (4, 4), 3: (2, 2, 4)}
+
+
+def positions_finite(z: np.ndarray, config: NonLocalConfig) -> np.ndarray:
+    """(B, N) booleans: every channel of the output position is finite.
+
+    Example:
+        >>> z = np.zeros((1, 2, 3)); z[0, 1, 2] = np.nan
+        >>> positions_finite(z, NonLocalConfig(2, spatial_dims=1)).tolist()
+        [[True, True, False]]
+    """
+    axis = 1 if config.data_format == "channels_first" else z.ndim - 1
+    return np.isfinite(z).all(axis=axis).reshape(z.shape[0], -1)
+
+
+def set_entry(x: np.ndarray, config: NonLocalConfig, batch, position, channel, value) -> None:
+    """Write `value` into `x` at (batch, flat spatial position, channel), in place.
+
+    Example:
+        >>> x = np.zeros((1, 2, 3))
+        >>> set_entry(x, NonLocalConfig(2, spatial_dims=1), 0, 2, 1, 7.0); x[0, 1, 2]
+        np.float64(7.0)
+    """
+    grid = np.moveaxis(x, 1, -1) if config.data_format == "channels_first" else x
+    grid[(batch, *np.unravel_index(position, grid.shape[1:-1]), channel)] = value
 
 
 # Junk -------------------------------------------------------------------------------------

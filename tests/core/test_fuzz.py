@@ -22,6 +22,8 @@ from nonlocal_core import (
     random_weights,
 )
 from tests.hostile import (
+    CONFIGS,
+    EXTENTS,
     Hostile,
     expect_error,
     fuzz_settings,
@@ -29,6 +31,8 @@ from tests.hostile import (
     junk,
     mask_mutations,
     negative_variance,
+    positions_finite,
+    set_entry,
     weight_mutations,
 )
 
@@ -49,20 +53,10 @@ PLAUSIBLE = {
     "data_format": st.sampled_from(["channels_first", "channels_last"]),
 }
 
-CONFIGS = [
-    NonLocalConfig(4, spatial_dims=2, instantiation=inst, subsample=inst != "gaussian")
-    for inst in INSTANTIATIONS
-] + [
-    NonLocalConfig(3, spatial_dims=1, instantiation="concatenation", data_format="channels_last"),
-    NonLocalConfig(2, spatial_dims=3, instantiation="dot_product", norm=None, residual=False),
-]
-
 
 def _case(config: NonLocalConfig, seed: int = 0):
     rng = np.random.default_rng(seed)
-    # Extents that the default windows divide: every position reaches a key.
-    extent = {1: (6,), 2: (4, 4), 3: (2, 2, 4)}[config.spatial_dims]
-    x = rng.normal(size=feature_shape(config, 2, extent, config.in_channels))
+    x = rng.normal(size=feature_shape(config, 2, EXTENTS[config.spatial_dims], config.in_channels))
     return x, random_weights(config, seed=seed)
 
 
@@ -176,12 +170,6 @@ def _check_outcome(mutation: Hostile, call, shape) -> None:
 # Non-finite values (spec IO-4) ----------------------------------------------------------
 
 
-def _positions_finite(z: np.ndarray, config: NonLocalConfig) -> np.ndarray:
-    """(B, N) booleans: every channel of the position is finite."""
-    axis = 1 if config.data_format == "channels_first" else z.ndim - 1
-    return np.isfinite(z).all(axis=axis).reshape(z.shape[0], -1)
-
-
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's "invalid value" notes
 @fuzz_settings(40)
 @given(st.sampled_from(CONFIGS), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
@@ -191,13 +179,13 @@ def test_non_finite_values_reach_exactly_the_queries_that_attend_to_them(config,
     config = config.replace(residual=False)
     x, weights = _case(config)
     batch = data.draw(st.integers(0, x.shape[0] - 1))
-    position = data.draw(st.integers(0, _num_positions(x, config) - 1))
+    position = data.draw(st.integers(0, int(np.prod(EXTENTS[config.spatial_dims])) - 1))
     channel = data.draw(st.integers(0, config.in_channels - 1))
     bad = x.copy()
-    _set(bad, config, batch, position, channel, special)
+    set_entry(bad, config, batch, position, channel, special)
     # In a query only (the context stays finite): no other output position. A NaN always
     # reaches its own position; an infinity may legitimately vanish (ReLU(-inf) = 0).
-    finite = _positions_finite(nonlocal_forward(bad, weights, config, context=x), config)
+    finite = positions_finite(nonlocal_forward(bad, weights, config, context=x), config)
     others = np.ones_like(finite)
     others[batch, position] = False
     assert finite[others].all()
@@ -207,17 +195,7 @@ def test_non_finite_values_reach_exactly_the_queries_that_attend_to_them(config,
     # it. (An infinity may be dropped by a max pool, so its pattern is left to the backends'
     # comparisons with this reference.)
     bad[batch] = np.where(np.isfinite(bad[batch]), bad[batch], np.nan)
-    finite = _positions_finite(nonlocal_forward(x, weights, config, context=bad), config)
+    finite = positions_finite(nonlocal_forward(x, weights, config, context=bad), config)
     expected = np.ones_like(finite)
     expected[batch] = False
     np.testing.assert_array_equal(finite, expected)
-
-
-def _num_positions(x: np.ndarray, config: NonLocalConfig) -> int:
-    spatial = x.shape[2:] if config.data_format == "channels_first" else x.shape[1:-1]
-    return int(np.prod(spatial))
-
-
-def _set(x, config, batch, position, channel, value) -> None:
-    grid = np.moveaxis(x, 1, -1) if config.data_format == "channels_first" else x
-    grid[(batch, *np.unravel_index(position, grid.shape[1:-1]), channel)] = value

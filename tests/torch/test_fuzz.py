@@ -22,6 +22,8 @@ from nonlocal_core import INSTANTIATIONS, NonLocalConfig, random_weights
 from nonlocal_torch import NonLocalBlock, attention_matrix, nonlocal_attention
 from nonlocal_torch.strategies import ALLOWED_STRATEGIES
 from tests.hostile import (
+    CONFIGS,
+    EXTENTS,
     Hostile,
     expect_error,
     fuzz_settings,
@@ -31,17 +33,11 @@ from tests.hostile import (
     mask_mutations,
     negative_variance,
     overflows,
+    positions_finite,
+    set_entry,
     weight_mutations,
 )
 
-CONFIGS = [
-    NonLocalConfig(4, spatial_dims=2, instantiation=inst, subsample=inst != "gaussian")
-    for inst in INSTANTIATIONS
-] + [
-    NonLocalConfig(3, spatial_dims=1, instantiation="concatenation", data_format="channels_last"),
-    NonLocalConfig(2, spatial_dims=3, instantiation="dot_product", norm=None, residual=False),
-]
-EXTENTS = {1: (6,), 2: (4, 4), 3: (2, 2, 4)}  # divisible by the default windows
 TORCH_EXTRAS = {
     "norm_momentum": st.one_of(st.none(), st.floats(0, 1)),
     "strategy": st.just("auto"),
@@ -303,11 +299,6 @@ def test_the_functional_api_checks_its_operands(instantiation, data):
 # Non-finite values and extreme magnitudes (spec IO-4) -----------------------------------
 
 
-def _positions_finite(z: np.ndarray, config: NonLocalConfig) -> np.ndarray:
-    axis = 1 if config.data_format == "channels_first" else z.ndim - 1
-    return np.isfinite(z).all(axis=axis).reshape(z.shape[0], -1)
-
-
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @fuzz_settings(40)
 @given(st.sampled_from(CONFIGS), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
@@ -319,8 +310,7 @@ def test_non_finite_values_reach_what_the_spec_says_and_nothing_else(config, spe
     batch, position = data.draw(st.integers(0, 1)), data.draw(st.integers(0, n - 1))
     channel = data.draw(st.integers(0, config.in_channels - 1))
     bad = x.copy()
-    grid = np.moveaxis(bad, 1, -1) if config.data_format == "channels_first" else bad
-    grid[(batch, *np.unravel_index(position, grid.shape[1:-1]), channel)] = special
+    set_entry(bad, config, batch, position, channel, special)
     precision = Precision.default("float64")
     in_query = trace_forward(bad, weights, config, context=x, precision=precision)
     in_key = trace_forward(x, weights, config, context=bad, precision=precision)
@@ -334,7 +324,7 @@ def test_non_finite_values_reach_what_the_spec_says_and_nothing_else(config, spe
         # In one query (the context stays finite): no other position; that one surely when
         # the value is NaN or the residual adds it back (ReLU(-inf) = 0 may drop an inf).
         z = block(torch.from_numpy(bad), context=torch.from_numpy(x)).detach().numpy()
-        finite = _positions_finite(z, config)
+        finite = positions_finite(z, config)
         assert finite[others].all(), f"{strategy}: the query's value reached other positions"
         if config.residual or np.isnan(special):
             assert not finite[batch, position], f"{strategy}: the query's value vanished"
@@ -342,7 +332,7 @@ def test_non_finite_values_reach_what_the_spec_says_and_nothing_else(config, spe
         # In one key/value: the other batch element is untouched; a NaN reaches every query
         # of this one.
         z = block(torch.from_numpy(x), context=torch.from_numpy(bad)).detach().numpy()
-        finite = _positions_finite(z, config)
+        finite = positions_finite(z, config)
         assert finite[other_item].all(), f"{strategy}: the key's value crossed the batch"
         if np.isnan(special):
             assert not finite[batch].any(), f"{strategy}: a NaN key missed some queries"
@@ -358,7 +348,7 @@ def test_a_nan_key_reaches_every_query_under_every_strategy(config):
     bad[0, 0, 1, 1] = float("nan")
     for strategy in ALLOWED_STRATEGIES[config.instantiation]:
         block.strategy = strategy
-        finite = _positions_finite(block(x, context=bad).detach().numpy(), config)
+        finite = positions_finite(block(x, context=bad).detach().numpy(), config)
         assert not finite[0].any() and finite[1].all(), strategy
 
 
