@@ -328,7 +328,7 @@ def test_call_flags_must_be_bools(data):
             st.booleans(), st.none(), junk(), st.sampled_from(["no", "False", 0, 1, np.int64(0)])
         )
     )
-    valid = isinstance(value, bool) or (value is None and flag == "training")
+    valid = isinstance(value, bool | np.bool_) or (value is None and flag == "training")
     hostile = Hostile(f"{flag}={value!r}", value, () if valid else flag)
     event("accepted" if hostile.valid else "rejected")
     other = {"training": True} if flag == "return_attention" else {}
