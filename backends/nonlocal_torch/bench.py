@@ -60,6 +60,24 @@ class Case:
         window = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}[len(self.spatial)]
         return math.prod(s // w for s, w in zip(self.spatial, window))
 
+    def block(self, device: str, **options) -> NonLocalBlock:
+        """A new block for this case (torch's seed 0), training mode when it has backward.
+
+        Example:
+            >>> Case("c", "dot_product", 1, 8, (4, 4), subsample=True).block("cpu").config.subsample
+            (2, 2)
+        """
+        torch.manual_seed(0)
+        block = NonLocalBlock(
+            self.channels,
+            spatial_dims=len(self.spatial),
+            instantiation=self.instantiation,
+            subsample=self.subsample,
+            device=device,
+            **options,
+        )
+        return block.train(self.backward)
+
 
 def anchor_cases() -> list[Case]:
     """The six end-to-end cases of the anchors table (shared/notes/anchors.md)."""
@@ -197,14 +215,7 @@ def run_case(
         need = naive_bytes(case, itemsize) / 2**30
         row["status"] = f"skipped: needs ~{need:.1f} GiB (limit {naive_limit} GiB)"
         return row
-    torch.manual_seed(0)
-    block = NonLocalBlock(
-        case.channels,
-        spatial_dims=len(case.spatial),
-        instantiation=case.instantiation,
-        subsample=case.subsample,
-        device=device,
-    ).train(case.backward)
+    block = case.block(device)
     x = torch.randn(case.batch, case.channels, *case.spatial, device=device)
     x.requires_grad_(case.backward)
     forward = block if impl == "ours" else (lambda t: naive_forward(block, t))

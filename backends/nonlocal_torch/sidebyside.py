@@ -143,15 +143,7 @@ def candidates(case: Case, device: str, dtype: str, limit_gib: float) -> list[Ca
     weights = None
     out = []
     for position in positions:
-        torch.manual_seed(0)
-        block = NonLocalBlock(
-            case.channels,
-            spatial_dims=len(case.spatial),
-            instantiation=case.instantiation,
-            subsample=case.subsample,
-            pool_position=position,
-            device=device,
-        ).train(case.backward)
+        block = case.block(device, pool_position=position)
         weights = random_weights(block.config, seed=0) if weights is None else weights
         block.load_canonical_weights(weights)
         suffix = f" (pool {position.split('_')[0]})" if len(positions) > 1 else ""
