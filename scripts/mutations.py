@@ -165,7 +165,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # Hostile input (tests/*/test_fuzz*.py): each fix the fuzzing suite forced, undone.
     Mutation(
         "save-leaves-its-temporary-file",
-        "nonlocal_core/io.py",
+        "nonlocal_core/files.py",
         "        os.unlink(temporary)\n        raise\n",
         "        raise\n",
         (
