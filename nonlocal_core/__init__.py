@@ -23,6 +23,7 @@ from .config import (
     NonLocalConfig,
 )
 from .io import FileFormatError, load, save
+from .profiles import SOURCES, ProfileError, profile
 from .reference import nonlocal_forward
 from .shapes import BlockShapes, InputError, check_shapes
 from .weights import WeightError, check_weights, init_weights, random_weights, weight_shapes
@@ -35,18 +36,21 @@ __all__ = [
     "INSTANTIATIONS",
     "NORMS",
     "POOL_POSITIONS",
+    "SOURCES",
     "SPEC_VERSION",
     "BlockShapes",
     "ConfigError",
     "FileFormatError",
     "InputError",
     "NonLocalConfig",
+    "ProfileError",
     "WeightError",
     "check_shapes",
     "check_weights",
     "init_weights",
     "load",
     "nonlocal_forward",
+    "profile",
     "random_weights",
     "save",
     "weight_shapes",
