@@ -141,6 +141,49 @@ def check_weights(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> 
             raise WeightError("weight 'norm.running_var' has negative entries: a variance is >= 0")
 
 
+def fit_kernels(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> Weights:
+    """`weights` as arrays, with 1x1 convolution kernels reshaped to the canonical shape.
+
+    A projection stored as a conv kernel, ``(C', C, 1, 1)`` in 2-D or ``(C', C, 1, 1, 1)``
+    in 3-D, or w_f stored as ``(1, 2C', 1, 1)``, holds the same numbers in the same order as
+    the canonical matrix: any array whose shape differs from the canonical one only by axes
+    of length 1 is reshaped. Anything else is left for `check_weights` to report.
+
+    Example:
+        >>> from nonlocal_core import NonLocalConfig
+        >>> cfg = NonLocalConfig(8, instantiation="gaussian", norm=None)
+        >>> w = {"g.weight": np.zeros((4, 8, 1, 1)), "out.weight": np.zeros((8, 4, 1, 1, 1))}
+        >>> {name: a.shape for name, a in fit_kernels(w, cfg).items()}
+        {'g.weight': (4, 8), 'out.weight': (8, 4)}
+    """
+    if not isinstance(weights, Mapping):
+        return weights  # check_weights names the type
+    shapes = weight_shapes(config)
+    out: Weights = {}
+    for name, value in weights.items():
+        array = _as_array(value, name)
+        expected = shapes.get(name)
+        if (
+            expected is not None
+            and array.shape != expected
+            and same_up_to_ones(array.shape, expected)
+        ):
+            array = array.reshape(expected)
+        out[name] = array
+    return out
+
+
+def same_up_to_ones(shape: tuple[int, ...], other: tuple[int, ...]) -> bool:
+    """Whether two shapes differ only by axes of length 1 (so one reshapes to the other
+    with every number in place).
+
+    Example:
+        >>> same_up_to_ones((4, 8, 1, 1), (4, 8)), same_up_to_ones((8, 4), (4, 8))
+        (True, False)
+    """
+    return [n for n in shape if n != 1] == [n for n in other if n != 1]
+
+
 def is_real_dtype(dtype) -> bool:
     """Whether `dtype` is a real number type (any float or integer; not bool, complex, text).
 

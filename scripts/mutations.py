@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYER_TESTS = "tests/keras/test_layer.py"
 TOLERANCE_TESTS = "tests/conformance_meta/test_dtypes_and_tolerance.py"
+SOURCE_TESTS = "tests/convert/test_sources.py"
 FORWARD_BOUND = "    err_z = err_z + us * np.abs(z_flat) + p.tiny\n"
 
 
@@ -247,6 +248,42 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/torch/test_fuzz.py"
             "::test_a_nan_key_reaches_every_query_under_every_strategy[concatenation]",
         ),
+    ),
+    Mutation(
+        "caffe2-riv-read-as-the-mean",
+        "nonlocal_core/convert/layouts.py",
+        '"rm": "running_mean", "riv": "running_var"}',
+        '"rm": "running_var", "riv": "running_mean"}',
+        (f"{SOURCE_TESTS}::test_converted_weights_compute_the_implementations_output",),
+    ),
+    Mutation(
+        "timm-scaled-by-the-inner-width",
+        "nonlocal_core/profiles.py",
+        'logit_scale=in_channels**-0.5 if a.flag("use_scale") else False,',
+        'logit_scale=None if a.flag("use_scale") else False,',
+        (f"{SOURCE_TESTS}::test_converted_weights_compute_the_implementations_output",),
+    ),
+    Mutation(
+        "mmcv-gaussian-scaled",
+        "nonlocal_core/profiles.py",
+        'logit_scale=False if mode == "gaussian" else scale,',
+        "logit_scale=scale,",
+        (f"{SOURCE_TESTS}::test_real_mmcv_modules",),
+    ),
+    Mutation(
+        "slowfast-pools-after-the-projections",
+        "nonlocal_core/profiles.py",
+        '        pool_position="before_projection",\n        norm=norm,',
+        '        pool_position="after_projection",\n        norm=norm,',
+        (f"{SOURCE_TESTS}::test_real_pytorchvideo_modules",),
+    ),
+    Mutation(
+        "checkpoint-reader-runs-any-global",
+        "nonlocal_core/convert/readers.py",
+        "        if method is None:\n            raise UnsafeCheckpointError(",
+        "        if method is None:\n            return __import__(module).__dict__[name]\n"
+        "            raise UnsafeCheckpointError(",
+        ("tests/convert/test_readers.py::test_hostile_pickle_is_refused_and_nothing_runs",),
     ),
 )
 
