@@ -20,6 +20,8 @@ from keras import ops
 
 from nonlocal_core import InputError, NonLocalConfig, check_shapes, check_weights
 from nonlocal_core.config import require_flag
+from nonlocal_core.convert.pretrained import block_state, load_block
+from nonlocal_core.weights import fit_kernels
 
 from . import functional as F
 
@@ -44,6 +46,10 @@ _CANONICAL = {
     "norm.running_mean": ("moving_mean", False),
     "norm.running_var": ("moving_variance", False),
 }
+
+
+# Keywords of NonLocalBlock that are not NonLocalConfig fields.
+_KERAS_EXTRAS = ("dtype", "name", "norm_momentum", "use_fused_attention")
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_keras")
@@ -231,6 +237,64 @@ class NonLocalBlock(keras.layers.Layer):
             )
         return super().from_config(dict(config))
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: Any,
+        source: str | None = None,
+        *,
+        block: str | None = None,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> NonLocalBlock:
+        """A built layer holding a checkpoint's weights.
+
+        `checkpoint` is a state dict (NumPy arrays or tensors) or a file (PyTorch, Caffe2
+        pickle, safetensors, ``.npz``; read without running code, and without PyTorch).
+        `source` names its layout - one of `nonlocal_core.SOURCES` - or is None for a file
+        written by `nonlocal_core.save`. The structure is read from the weights; keyword
+        arguments in `source`'s own names fill in what they cannot tell (see
+        `nonlocal_core.profile`), and the Keras extras (``dtype``, ``name``,
+        ``norm_momentum``, ``use_fused_attention``) go to the layer. `data_format` defaults
+        to Keras's ``image_data_format()``: the weights do not depend on it.
+
+        Example:
+            >>> from nonlocal_core import init_weights, profile
+            >>> from nonlocal_core.convert import to_state_dict
+            >>> cfg = profile("timm", in_channels=16)
+            >>> layer = NonLocalBlock.from_pretrained(to_state_dict(init_weights(cfg), "timm", cfg),
+            ...                                       "timm")
+            >>> layer.nonlocal_config.inter_channels, layer.nonlocal_config.data_format
+            (8, 'channels_last')
+        """
+        extras = {k: kwargs.pop(k) for k in _KERAS_EXTRAS if k in kwargs}
+        found = load_block(checkpoint, source, block, **kwargs)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        layer = cls.from_config(found.config.replace(data_format=data_format), **extras)
+        layer.load_canonical_weights(found.weights)
+        return layer
+
+    @classmethod
+    def from_block(cls, other: Any, *, data_format: str | None = None, **kwargs: Any):
+        """A built layer computing what `other` computes: a block of any backend (a
+        ``nonlocal_torch.NonLocalBlock``, another layer), through its config and canonical
+        weights. `data_format` defaults to Keras's ``image_data_format()``; `kwargs` are
+        the Keras extras (``dtype``, ``name``, ...).
+
+        Example:
+            >>> source = NonLocalBlock(8, spatial_dims=1, data_format="channels_first")
+            >>> copy = NonLocalBlock.from_block(source)
+            >>> copy.nonlocal_config.data_format, copy.nonlocal_config.inter_channels
+            ('channels_last', 4)
+        """
+        config, weights = block_state(other)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        layer = cls.from_config(config.replace(data_format=data_format), **kwargs)
+        layer.load_canonical_weights(weights)
+        return layer
+
     # Weights ------------------------------------------------------------------------------
 
     def build(self, x_shape, context_shape=None, key_mask_shape=None) -> None:
@@ -282,6 +346,11 @@ class NonLocalBlock(keras.layers.Layer):
     def load_canonical_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Set every weight from the spec's canonical layout (checked first: `WeightError`).
 
+        Projections may also come as PyTorch conv kernels, ``(C', C, 1, 1)``: any shape that
+        differs from the canonical one only by axes of length 1 (so
+        ``load_canonical_weights(torch_block.canonical_weights())`` and state-dict-shaped
+        arrays both work; tensors are read with ``np.asarray``).
+
         Every value is checked and converted to the variable dtype before the first one is
         assigned: a rejected load leaves every weight as it was.
 
@@ -293,6 +362,7 @@ class NonLocalBlock(keras.layers.Layer):
             >>> bool(np.allclose(block.canonical_weights()["theta.weight"], w["theta.weight"]))
             True
         """
+        weights = fit_kernels(weights, self.nonlocal_config)
         check_weights(weights, self.nonlocal_config)
         dtype = _numpy_dtype(self.variable_dtype)
         values = {}

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from nonlocal_core import InputError, NonLocalConfig, WeightError, check_shapes, check_weights
 from nonlocal_core.config import require_config, require_flag
+from nonlocal_core.convert.pretrained import block_state, load_block
+from nonlocal_core.weights import fit_kernels
 
 from .functional import attend
 from .strategies import check_strategy
@@ -35,6 +37,10 @@ _NORM_NAMES = {
     "running_mean": "running_mean",
     "running_var": "running_var",
 }
+
+
+# Keywords of NonLocalBlock that are not NonLocalConfig fields.
+_TORCH_EXTRAS = ("norm_momentum", "strategy", "device", "dtype")
 
 
 class NonLocalBlock(nn.Module):
@@ -129,6 +135,63 @@ class NonLocalBlock(nn.Module):
         # Always the general class: NonLocal2d etc. fix spatial_dims themselves.
         return NonLocalBlock(fields.pop("in_channels"), **fields, **kwargs)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: Any,
+        source: str | None = None,
+        *,
+        block: str | None = None,
+        data_format: str = "channels_first",
+        **kwargs: Any,
+    ) -> NonLocalBlock:
+        """A block holding a checkpoint's weights, in evaluation mode.
+
+        `checkpoint` is a state dict or a file (PyTorch, Caffe2 pickle, safetensors,
+        ``.npz``; read without running code). `source` names its layout - one of
+        `nonlocal_core.SOURCES` - or is None for a file written by `nonlocal_core.save`.
+        The block's structure is read from the weights; keyword arguments in `source`'s
+        own names fill in what they cannot tell (``instantiation="dot_product"``,
+        ``pool_size=[1, 2, 2]``, see `nonlocal_core.profile`), and the torch extras
+        ``norm_momentum``, ``strategy``, ``device`` and ``dtype`` go to the block. `block`
+        picks one block by module path in a checkpoint that holds several.
+
+        Example:
+            >>> from nonlocal_core import init_weights, profile
+            >>> from nonlocal_core.convert import to_state_dict
+            >>> cfg = profile("slowfast", dim=16, dim_inner=8, pool_size=[1, 2, 2])
+            >>> state = to_state_dict(init_weights(cfg), "slowfast", cfg, prefix="s3.nl.")
+            >>> block = NonLocalBlock.from_pretrained(state, "slowfast", pool_size=[1, 2, 2])
+            >>> block.config == cfg, block.training
+            (True, False)
+        """
+        extras = {k: kwargs.pop(k) for k in _TORCH_EXTRAS if k in kwargs}
+        found = load_block(checkpoint, source, block, **kwargs)
+        config = found.config.replace(data_format=data_format)
+        module = cls.from_config(config, **extras)
+        module.load_canonical_weights(found.weights)
+        return module.eval()
+
+    @classmethod
+    def from_block(
+        cls, other: Any, *, data_format: str = "channels_first", **kwargs: Any
+    ) -> NonLocalBlock:
+        """A block computing what `other` computes: a block of any backend (a
+        ``nonlocal_keras.NonLocalBlock`` layer, another torch block), through its config and
+        canonical weights; in evaluation mode, as `from_pretrained`. `kwargs` are the torch
+        extras (``dtype``, ``device``, ...).
+
+        Example:
+            >>> source = NonLocalBlock(8, spatial_dims=1, instantiation="dot_product")
+            >>> copy = NonLocalBlock.from_block(source, dtype=torch.float64)
+            >>> copy.config == source.config, copy.g.weight.dtype
+            (True, torch.float64)
+        """
+        config, weights = block_state(other)
+        module = cls.from_config(config.replace(data_format=data_format), **kwargs)
+        module.load_canonical_weights(weights)
+        return module.eval()
+
     def reset_parameters(self) -> None:
         """The spec's initialisation: N(0, 0.01^2) projections and w_f, zero biases,
         BN gamma = beta = 0 (W_z = 0 instead without a norm), so the block is the identity.
@@ -189,8 +252,10 @@ class NonLocalBlock(nn.Module):
     def load_canonical_weights(self, weights: Mapping[str, Any]) -> None:
         """Copy canonical weights (NumPy arrays or tensors, any float dtype) into the block.
 
-        Raises `nonlocal_core.WeightError` (a ValueError) for missing, extra or mis-shaped
-        tensors, with the same message as the reference.
+        Projections may also be given as the block's own conv kernels, ``(C', C, 1, 1)``,
+        and w_f as ``(1, 2C')``: any shape that differs from the canonical one only by axes
+        of length 1. Raises `nonlocal_core.WeightError` (a ValueError) for missing, extra or
+        mis-shaped tensors, with the same message as the reference.
 
         Example:
             >>> from nonlocal_core import NonLocalConfig, random_weights
@@ -205,13 +270,14 @@ class NonLocalBlock(nn.Module):
             if isinstance(weights, Mapping)
             else weights  # check_weights names the type
         )
+        arrays = fit_kernels(arrays, self.config)
         check_weights(arrays, self.config)
         slots = self._canonical_slots()
         sources = {
             name: (
                 weights[name].detach()
                 if isinstance(weights[name], Tensor)
-                else torch.as_tensor(np.asarray(arrays[name]))
+                else torch.as_tensor(np.array(arrays[name]))  # a copy: JAX arrays are read-only
             ).reshape(slot.shape)
             for name, slot in slots.items()
         }
