@@ -33,6 +33,8 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 REQUIREMENTS: dict[str, tuple[str | None, tuple[str, ...] | None]] = {
     "quickstart-torch.md": ("nonlocal_torch.NonLocalBlock", None),
     "quickstart-keras.md": ("nonlocal_keras.NonLocalBlock", KERAS_BACKENDS),
+    # Torch and Keras side by side: Keras on PyTorch, so one framework is imported.
+    "checkpoints.md": ("nonlocal_torch.NonLocalBlock", ("torch",)),
 }
 # Pages that must keep executable examples: a page losing its blocks would pass vacuously.
 MUST_HAVE_BLOCKS = {
@@ -41,6 +43,7 @@ MUST_HAVE_BLOCKS = {
     "quickstart-torch.md": 4,
     "quickstart-keras.md": 3,
     "conformance.md": 2,
+    "checkpoints.md": 6,
 }
 # Pages that must keep showing (checked) outputs: losing them would pass vacuously too.
 MUST_SHOW_OUTPUTS = {
@@ -48,6 +51,7 @@ MUST_SHOW_OUTPUTS = {
     "quickstart-torch.md": 6,
     "quickstart-keras.md": 6,
     "conformance.md": 1,
+    "checkpoints.md": 7,
 }
 
 
