@@ -67,11 +67,11 @@ def _header(document) -> np.ndarray:
     return np.frombuffer(json.dumps(document, default=repr).encode(), np.uint8)
 
 
-@st.composite
-def damaged(draw) -> Hostile:
-    """A description and the bytes of a damaged or foreign saved block."""
-    good = _saved()
-    kind = draw(st.sampled_from(["truncate", "flip", "random", "append", "entries"]))
+BYTE_DAMAGE = ("truncate", "flip", "append")
+
+
+def _damage_bytes(draw, kind: str, good: bytes) -> Hostile:
+    """`good` truncated, with a few bytes flipped, or with junk appended (any file format)."""
     if kind == "truncate":
         end = draw(st.integers(0, len(good) - 1))
         return Hostile(f"truncated to {end} bytes", good[:end])
@@ -81,10 +81,18 @@ def damaged(draw) -> Hostile:
         for p in positions:
             data[p] ^= draw(st.integers(1, 255))
         return Hostile(f"bytes flipped at {positions}", bytes(data))
+    return Hostile("junk appended", good + draw(st.binary(min_size=1, max_size=64)))
+
+
+@st.composite
+def damaged(draw) -> Hostile:
+    """A description and the bytes of a damaged or foreign saved block."""
+    good = _saved()
+    kind = draw(st.sampled_from(["truncate", "flip", "random", "append", "entries"]))
+    if kind in BYTE_DAMAGE:
+        return _damage_bytes(draw, kind, good)
     if kind == "random":
         return Hostile("random bytes", draw(st.binary(max_size=600)))
-    if kind == "append":
-        return Hostile("junk appended", good + draw(st.binary(min_size=1, max_size=64)))
     edits = {
         "header junk": lambda: _entries({"__config__": _header(draw(junk()))}),
         "header bytes": lambda: _entries(
@@ -276,20 +284,11 @@ def damaged_safetensors(draw) -> Hostile:
     good = _saved_st()
     # Half the examples edit the header, which has the most ways to go wrong.
     kind = draw(st.sampled_from(["truncate", "flip", "random", "append", "length", *["edit"] * 5]))
-    if kind == "truncate":
-        end = draw(st.integers(0, len(good) - 1))
-        return Hostile(f"truncated to {end} bytes", good[:end])
-    if kind == "flip":
-        data = bytearray(good)
-        positions = draw(st.lists(st.integers(0, len(good) - 1), min_size=1, max_size=4))
-        for p in positions:
-            data[p] ^= draw(st.integers(1, 255))
-        return Hostile(f"bytes flipped at {positions}", bytes(data))
+    if kind in BYTE_DAMAGE:
+        return _damage_bytes(draw, kind, good)
     if kind == "random":
         size = draw(st.integers(0, 2**64 - 1) | st.integers(0, 600))
         return Hostile("random bytes", size.to_bytes(8, "little") + draw(st.binary(max_size=600)))
-    if kind == "append":
-        return Hostile("junk appended", good + draw(st.binary(min_size=1, max_size=64)))
     header, data = _parts()
     true_size = len(good) - len(data) - 8
     if kind == "length":
