@@ -119,19 +119,28 @@ def damaged(draw) -> Hostile:
     return Hostile(name, edits[name]())
 
 
+def _load_damaged(tmp_path_factory, damage: Hostile, name: str):
+    """``load`` of the damaged file: its (config, weights), or None when it raised a
+    `FileFormatError` naming the file (anything else fails the test)."""
+    path = tmp_path_factory.mktemp("damaged") / name
+    path.write_bytes(damage.value)
+    try:
+        return load(path)
+    except FileFormatError as exc:
+        assert repr(str(path)) in str(exc), f"{damage.what}: the error does not name the file"
+        return None
+
+
 @fuzz_settings(200)
 @given(st.data())
 def test_a_damaged_file_fails_naming_the_file_or_loads_unchanged(tmp_path_factory, data):
     # spec: W-3
     damage = data.draw(damaged(), label="damage")
-    what, content = damage.what, damage.value
-    path = tmp_path_factory.mktemp("damaged") / "block.npz"
-    path.write_bytes(content)
-    try:
-        config, weights = load(path)
-    except FileFormatError as exc:
-        assert repr(str(path)) in str(exc), f"{what}: the error does not name the file: {exc}"
+    what = damage.what
+    loaded = _load_damaged(tmp_path_factory, damage, "block.npz")
+    if loaded is None:
         return
+    config, weights = loaded
     # Only harmless damage (zip metadata NumPy ignores) may load, and then exactly.
     assert config == CONFIG, what
     assert sorted(weights) == sorted(WEIGHTS), what
@@ -400,13 +409,10 @@ def test_a_damaged_safetensors_file_fails_naming_the_file_or_loads_what_it_holds
     # spec: W-3
     damage = data.draw(damaged_safetensors(), label="damage")
     what, content = damage.what, damage.value
-    path = tmp_path_factory.mktemp("damaged") / "block.safetensors"
-    path.write_bytes(content)
-    try:
-        config, weights = load(path)
-    except FileFormatError as exc:
-        assert repr(str(path)) in str(exc), f"{what}: the error does not name the file: {exc}"
+    loaded = _load_damaged(tmp_path_factory, damage, "block.safetensors")
+    if loaded is None:
         return
+    config, weights = loaded
     # Safetensors has no checksum: a flipped bit inside a tensor, or a compatible
     # spec_version, leaves a valid file. It must load as exactly what the file says.
     expected_config, expected = _holds(content)
