@@ -261,7 +261,29 @@ PAPER = Network(
     dict(spatial_dims=3, subsample=True),
 )
 
-NETWORKS = [SLOWFAST, MMACTION2, MMSEG, CAFFE2, ALEXHEX7, ALEXHEX7_CONCAT, TIMM, PAPER]
+# PyTorchVideo: create_nonlocal modules inside a ResNet-style stage (its norm is `norm.*`),
+# one dot product without a norm among them.
+PYTORCHVIDEO_OPTS = dict(pool_size=(1, 2, 2))
+PYTORCHVIDEO = Network(
+    "pytorchvideo-resnet-nl",
+    "pytorchvideo",
+    (
+        Block("blocks.2.res_blocks.1.nonlocal.", dict(dim_in=8, dim_inner=4, **PYTORCHVIDEO_OPTS),
+              3, 18),
+        Block("blocks.3.res_blocks.1.nonlocal.", dict(dim_in=16, dim_inner=8, norm=None,
+                                                      **PYTORCHVIDEO_OPTS), 3, 19),
+    ),
+    {
+        "blocks.0.conv.weight": _conv(8, 3, 1, 7, 7),
+        **_torch_bn("blocks.0.norm", 8),
+        "blocks.5.proj.weight": np.zeros((400, 16)),
+    },
+    PYTORCHVIDEO_OPTS,
+)  # fmt: skip
+
+NETWORKS = [
+    SLOWFAST, MMACTION2, MMSEG, CAFFE2, ALEXHEX7, ALEXHEX7_CONCAT, TIMM, PAPER, PYTORCHVIDEO
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("network", NETWORKS, ids=lambda n: n.name)
