@@ -144,10 +144,10 @@ def check_weights(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> 
 def fit_kernels(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> Weights:
     """`weights` as arrays, with 1x1 convolution kernels reshaped to the canonical shape.
 
-    A projection stored as a conv kernel, ``(C', C, 1, 1)`` in 2-D or ``(C', C, 1, 1, 1)``
-    in 3-D, or w_f stored as ``(1, 2C', 1, 1)``, holds the same numbers in the same order as
-    the canonical matrix: any array whose shape differs from the canonical one only by axes
-    of length 1 is reshaped. Anything else is left for `check_weights` to report.
+    A projection stored as a conv kernel, ``(C', C, 1)``, ``(C', C, 1, 1)`` or
+    ``(C', C, 1, 1, 1)``, and w_f stored as a linear or conv weight, ``(1, 2C')`` or
+    ``(1, 2C', 1, 1)``, hold the same numbers in the same order as the canonical arrays
+    (`is_kernel_of`): they are reshaped. Anything else is left for `check_weights` to report.
 
     Example:
         >>> from nonlocal_core import NonLocalConfig
@@ -163,25 +163,32 @@ def fit_kernels(weights: Mapping[str, np.ndarray], config: NonLocalConfig) -> We
     for name, value in weights.items():
         array = _as_array(value, name)
         expected = shapes.get(name)
-        if (
-            expected is not None
-            and array.shape != expected
-            and same_up_to_ones(array.shape, expected)
-        ):
+        if expected is not None and is_kernel_of(name, array.shape, expected):
             array = array.reshape(expected)
         out[name] = array
     return out
 
 
-def same_up_to_ones(shape: tuple[int, ...], other: tuple[int, ...]) -> bool:
-    """Whether two shapes differ only by axes of length 1 (so one reshapes to the other
-    with every number in place).
+def is_kernel_of(name: str, shape: tuple[int, ...], canonical: tuple[int, ...]) -> bool:
+    """Whether `shape` is a framework's layout of the canonical weight `name`, of shape
+    `canonical`, with the numbers in the same order: a projection matrix ``(b, a)`` as a
+    1x1 conv kernel ``(b, a, 1, ...)``, w_f ``(2C',)`` as ``(1, 2C', 1, ...)``. Biases
+    and norm vectors have no other layout.
 
     Example:
-        >>> same_up_to_ones((4, 8, 1, 1), (4, 8)), same_up_to_ones((8, 4), (4, 8))
-        (True, False)
+        >>> is_kernel_of("theta.weight", (4, 8, 1, 1), (4, 8))
+        True
+        >>> is_kernel_of("theta.weight", (8, 4, 1, 1), (4, 8)), is_kernel_of("g.bias", (4, 1), (4,))
+        (False, False)
+        >>> is_kernel_of("concat.weight", (1, 8, 1, 1), (8,))
+        True
     """
-    return [n for n in shape if n != 1] == [n for n in other if n != 1]
+    if name == "concat.weight":
+        canonical = (1, *canonical)
+    elif not (name.endswith(".weight") and len(canonical) == 2):
+        return False
+    rest = shape[len(canonical) :]
+    return tuple(shape[: len(canonical)]) == tuple(canonical) and all(n == 1 for n in rest)
 
 
 def is_real_dtype(dtype) -> bool:

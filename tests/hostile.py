@@ -213,7 +213,13 @@ def weight_mutations(draw, config: NonLocalConfig, weights: dict[str, np.ndarray
     if kind == "shape":
         shape = draw(
             st.sampled_from(
-                [(*value.shape, 1), (*value.shape[::-1], 2), (value.size + 1,), (0, *value.shape)]
+                # A trailing 1 makes a projection matrix a valid 1x1 conv kernel: not junk.
+                [
+                    (*value.shape, 1 if value.ndim == 1 else 2),
+                    (*value.shape[::-1], 2),
+                    (value.size + 1,),
+                    (0, *value.shape),
+                ]
             )
         )
         out[name] = np.zeros(shape)

@@ -13,8 +13,8 @@ from ..weights import (
     Weights,
     check_weights,
     fit_kernels,
+    is_kernel_of,
     is_real_dtype,
-    same_up_to_ones,
 )
 from .layouts import COUNTER, Layout, layout
 from .readers import find_state_dict
@@ -89,8 +89,10 @@ def from_state_dict(state: Mapping[str, Any], source: str, config: NonLocalConfi
         array = _array(state[key], key)
         # The canonical layout takes a 1x1 kernel of any rank; a source's own names carry
         # its own shapes exactly (a 2-D kernel in a 3-D SlowFast block is a foreign tensor).
-        fits = same_up_to_ones if source == "paper" else tuple.__eq__
-        if not fits(array.shape, entry.shape):
+        fits = array.shape == entry.shape or (
+            source == "paper" and is_kernel_of(entry.canonical, array.shape, entry.shape)
+        )
+        if not fits:
             raise CheckpointError(
                 f"{source} block {prefix!r}: key {key!r} has shape {array.shape}, expected "
                 f"{entry.shape} (for {entry.canonical!r} of {config.instantiation}, "
