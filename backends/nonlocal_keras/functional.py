@@ -154,7 +154,10 @@ def flat_key_mask(key_mask, batch):
 def _valid_counts(phi, mask, dtype):
     """The number of valid keys, in `dtype`: (B, 1, 1), or a scalar N' without a mask."""
     if mask is None:
-        return ops.cast(ops.shape(phi)[1], dtype)
+        # Counted from the tensor, not read from its static shape: an exporter tracing with
+        # symbolic sizes (torch.export) would freeze a shape entry at its trace-time value.
+        # Counted in int32, exact at every N' (float16 sums of ones stop at 2048).
+        return ops.cast(ops.sum(ops.ones_like(phi[0, :, 0], dtype="int32")), dtype)
     return ops.sum(ops.cast(mask, dtype), axis=1)[:, None, None]
 
 

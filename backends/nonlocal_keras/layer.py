@@ -452,7 +452,7 @@ class NonLocalBlock(keras.layers.Layer):
         if key_mask is not None:
             key_mask = ops.convert_to_tensor(_bool_input(key_mask, "key_mask"))
         cfg = self._resolve(x.shape)
-        check_shapes(cfg, tuple(x.shape), _shape_of(context), _shape_of(key_mask))
+        check_shapes(cfg, _static_shape(x.shape), _shape_of(context), _shape_of(key_mask))
 
         x_grid = F.to_grid(x, cfg.data_format)
         ctx_grid = x_grid if context is None else F.to_grid(context, cfg.data_format)
@@ -666,4 +666,21 @@ def _maybe(shape):
 
 
 def _shape_of(tensor):
-    return None if tensor is None else tuple(tensor.shape)
+    return None if tensor is None else _static_shape(tensor.shape)
+
+
+def _static_shape(shape) -> tuple:
+    """`shape` with every dimension that is not a concrete integer read as unknown (None).
+
+    Exporters trace `call` with symbolic dimensions: JAX's shape polymorphism (jax2tf for a
+    SavedModel, jax2onnx) passes `_DimExpr`s, whose comparisons with an integer raise when
+    inconclusive ("Symbolic dimension comparison 'a' < '2' is inconclusive"), and
+    ``torch.jit.trace`` (ONNX export with dynamic axes) passes 0-d tensors, whose
+    comparisons would be frozen into the trace as constants. The shape checks treat such a
+    dimension as they treat TensorFlow's unknown ones: not checked until it is concrete.
+
+    Example:
+        >>> _static_shape((None, 4, "a symbolic dimension"))
+        (None, 4, None)
+    """
+    return tuple(d if isinstance(d, numbers.Integral) else None for d in shape)
