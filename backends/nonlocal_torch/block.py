@@ -10,6 +10,7 @@ Semantics are those of `nonlocal_core.reference.nonlocal_forward`.
 from __future__ import annotations
 
 import numbers
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,8 +24,8 @@ from nonlocal_core.config import require_config, require_flag
 from nonlocal_core.convert.pretrained import block_state, load_block
 from nonlocal_core.weights import fit_kernels
 
-from .functional import attend
-from .strategies import check_strategy
+from .functional import attend_parts
+from .strategies import check_strategy, is_tracing
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -314,6 +315,12 @@ class NonLocalBlock(nn.Module):
         window = self.config.subsample
         if window is None:
             return t
+        if len(window) == 1 and not isinstance(t, torch.fx.Proxy) and is_tracing(t):
+            # max_pool1d reads the length as a concrete int (torch 2.13), which would bake
+            # the traced length into a program; the 2-D kernel over a unit height takes the
+            # same maxima and keeps it symbolic. Eager calls keep the faster 1-D kernel.
+            pooled = F.max_pool2d(t.unsqueeze(-2), (1, *window), stride=(1, *window))
+            return pooled.squeeze(-2)
         return _POOL[self.config.spatial_dims](t, kernel_size=window, stride=window)
 
     def _keys_and_values(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
@@ -349,8 +356,12 @@ class NonLocalBlock(nn.Module):
     def _normalise(self, u: Tensor) -> Tensor:
         """BN(u). With one value per channel, batch statistics give u - mean = 0, so
         BN(u) = beta (spec); nn.BatchNorm refuses that case in training, so it is done here,
-        and the running statistics (an unbiased variance of one value) are left unchanged."""
-        if not (self.training and u.numel() == u.shape[1]):
+        and the running statistics (an unbiased variance of one value) are left unchanged.
+
+        A torch.fx graph (u a Proxy) has no sizes to test: it keeps the nn.BatchNorm call,
+        which FX tools (QAT conv-BN fusion) look for, and so refuses that case in training.
+        """
+        if not self.training or isinstance(u, torch.fx.Proxy) or u.numel() != u.shape[1]:
             return self.norm(u)
         shape = (1, -1) + (1,) * (u.dim() - 2)
         centred = u - u.mean(dim=0, keepdim=True)  # zeros, with BN's gradient (zero) for u
@@ -372,25 +383,49 @@ class NonLocalBlock(nn.Module):
             key_mask: bool, ``(B, *S')`` or ``(B, N')`` over the pooled key grid, True = valid.
             return_attention: also return the attention matrix (materialises B x N x N').
 
+        Compilers and exporters keep every size symbolic (N, N', the key count and the
+        strategy are read from tensors, see `nonlocal_torch.strategies.is_tracing`), so one
+        ``torch.compile(block, dynamic=True)`` graph or one ``torch.export`` program serves
+        all sizes. With ``subsample`` windows w, an exported spatial ``Dim`` needs
+        ``min >= 2 * w`` on pooled axes (``min >= 2`` elsewhere): PyTorch specialises
+        extents 0 and 1, here the pooled key grid's. Masks export in their grid form
+        ``(B, *S')`` (``S'`` as ``Dim``s, e.g. ``h = 2 * hk``); the flat form ``(B, N')``
+        relates N' to a product of ``Dim``s, which export cannot express. A
+        ``torch.fx.symbolic_trace`` of the block keeps the pairwise step as one call,
+        run eagerly (strategy choice included); `context`, `key_mask` and
+        `return_attention` left at their defaults are traced as such, and passing them to
+        that graph raises.
+
         Example:
             >>> block = NonLocalBlock(4, spatial_dims=1, instantiation="dot_product")
             >>> block(torch.randn(2, 4, 7), key_mask=torch.ones(2, 7, dtype=torch.bool)).shape
             torch.Size([2, 4, 7])
         """
         cfg = self.config
-        return_attention = require_flag(return_attention, "return_attention")
-        ref = self.g.weight
-        self._check_tensor("x", x, ref)
-        if context is not None:
-            self._check_tensor("context", context, ref)
-        if key_mask is not None:
-            self._check_tensor("key_mask", key_mask, ref)
-        shapes = check_shapes(
-            cfg,
-            tuple(x.shape),
-            None if context is None else tuple(context.shape),
-            None if key_mask is None else tuple(key_mask.shape),
+        fx_graph = any(
+            isinstance(t, torch.fx.Proxy) for t in (x, context, key_mask, return_attention)
         )
+        if fx_graph:
+            context = _fx_default(context, "context", None)
+            key_mask = _fx_default(key_mask, "key_mask", None)
+            return_attention = _fx_default(return_attention, "return_attention", False)
+        return_attention = require_flag(return_attention, "return_attention")
+        if not fx_graph:
+            # FX proxies have no device, dtype or shape to check until the graph runs.
+            # Compilers and exporters do run these checks: on their symbolic sizes a check
+            # becomes a guard, or a constraint error that names the offending Dim.
+            ref = self.g.weight
+            self._check_tensor("x", x, ref)
+            if context is not None:
+                self._check_tensor("context", context, ref)
+            if key_mask is not None:
+                self._check_tensor("key_mask", key_mask, ref)
+            check_shapes(
+                cfg,
+                tuple(x.shape),
+                None if context is None else tuple(context.shape),
+                None if key_mask is None else tuple(key_mask.shape),
+            )
         channels_last = cfg.data_format == "channels_last"
         # (B, *S, C) -> (B, C, *S) is a view with channels_last strides: convs take it as is.
         x_cf = x.movedim(-1, 1) if channels_last else x
@@ -402,34 +437,37 @@ class NonLocalBlock(nn.Module):
             theta = x_cf if self.theta is None else self.theta(x_cf)
             phi, g = self._keys_and_values(ctx_cf)
         mask = None if key_mask is None else key_mask.reshape(key_mask.shape[0], -1)
-        y, attention = attend(
-            _positions(theta),
-            _positions(phi),
-            _positions(g),
-            cfg,
+        # Contiguous (B, N, C') for eager kernels (an FX graph runs them eagerly too). For
+        # compilers and exporters they stay views, so that the copies the softmax makes for
+        # SDPA are real copies, not views (see softmax_attention).
+        contiguous = fx_graph or not is_tracing(theta)
+        out = attend_parts(
+            _positions(theta, contiguous),
+            _positions(phi, contiguous),
+            _positions(g, contiguous),
+            cfg.instantiation,
+            cfg.scale,
             None if self.concat is None else self.concat.weight[0],
             mask,
             return_attention,
             self.strategy,
         )
-        # (B, N, C') -> (B, *S, C') -> (B, C', *S): a channels_last-strided view, no copy.
-        # (B, N, C') -> (B, *S, C') -> (B, C', *S): a channels_last-strided view. For a
-        # channels-first x, make it contiguous (C' x N, the narrower side): W_z's conv and
-        # the BN then run channels-first, which on CPU is several times faster than
-        # channels_last_3d BN, and z needs no copy back into x's format.
-        y = y.reshape(y.shape[0], *shapes.spatial, y.shape[-1]).movedim(-1, 1)
-        out_format = None if channels_last else _memory_format(x)
-        if out_format == torch.contiguous_format:
+        y, attention = out[0], out[1]
+        # (B, N, C') -> (B, *S, C') -> (B, C', *S): a view with channels_last strides, the
+        # query grid read from x's own shape (symbolic under compilers). For a channels-first
+        # x it is made contiguous (C' x N, the narrower side): W_z's conv and the BN then
+        # run channels-first, which on CPU is several times faster than channels_last_3d BN,
+        # and z needs no copy back into x's format.
+        y = y.unflatten(1, x_cf.shape[2:]).movedim(-1, 1)
+        if fx_graph:  # x's strides are known when the graph runs
+            y = y if channels_last else _in_format_of(y, x)
+        elif not channels_last and _memory_format(x) == torch.contiguous_format:
             y = y.contiguous()
         u = self.out(y)
         if self.norm is not None:
             u = self._normalise(u)
         z = u + x_cf if cfg.residual else u
-        z = (
-            z.movedim(1, -1).contiguous()
-            if channels_last
-            else z.contiguous(memory_format=out_format)
-        )
+        z = z.movedim(1, -1).contiguous() if channels_last else _in_format_of(z, x)
         return (z, attention) if return_attention else z
 
     def extra_repr(self) -> str:
@@ -455,6 +493,12 @@ class NonLocalBlock(nn.Module):
         if self.strategy != "auto":
             parts.append(f"strategy={self.strategy!r}")
         return ", ".join(parts)
+
+
+# torch.fx copies forward's annotations into a traced graph's code. Postponed evaluation (the
+# __future__ import above) leaves them strings, which a pickled GraphModule (torch.save)
+# cannot import, so they are evaluated once here.
+NonLocalBlock.forward.__annotations__.update(typing.get_type_hints(NonLocalBlock.forward))
 
 
 def _host_array(name: str, value: Any) -> Any:
@@ -518,9 +562,63 @@ def _check_momentum(momentum: Any) -> float | None:
     return float(momentum)
 
 
-def _positions(grid: Tensor) -> Tensor:
-    """(B, C, *S) -> contiguous (B, N, C), positions row-major over S."""
-    return grid.flatten(2).transpose(1, 2).contiguous()
+def _positions(grid: Tensor, contiguous: bool = True) -> Tensor:
+    """(B, C, *S) -> (B, N, C), positions row-major over S; contiguous unless told not."""
+    positions = grid.flatten(2).transpose(1, 2)
+    return positions.contiguous() if contiguous else positions
+
+
+# torch.fx.symbolic_trace keeps calls to these functions as single nodes, run with real
+# tensors when the graph runs: the pairwise step (its strategy choice reads sizes, and its
+# kernels take the eager path), the memory-format choice (strides), and the check below.
+torch.fx.wrap("attend_parts")
+
+
+@torch.fx.wrap
+def _in_format_of(t: Tensor, x: Tensor) -> Tensor:
+    """t in x's memory format (`_memory_format`): a no-op where t has it already."""
+    return t.contiguous(memory_format=_memory_format(x))
+
+
+@torch.fx.node.has_side_effect  # kept by dead-code elimination although nothing reads it
+@torch.fx.wrap
+def _require_default(value: Any, name: str, default: Any) -> None:
+    """Raise unless `value` is `default`: the guard of an argument an FX graph traced at its
+    default (see `_fx_default`)."""
+    if value is default or (not isinstance(value, Tensor) and value == default):
+        return
+    if isinstance(default, bool):
+        got, fix = repr(value), f"trace with concrete_args={{{name!r}: {value!r}}}"
+    else:
+        got = f"<{type(value).__name__}>" if isinstance(value, Tensor) else repr(value)
+        fix = f"trace a module whose forward passes {name} to the block"
+    raise ValueError(
+        f"{name}={got} was passed to a torch.fx graph of NonLocalBlock traced with "
+        f"{name}={default!r}, its default, which the graph holds fixed: {fix}"
+    )
+
+
+def _fx_default(value: Any, name: str, default: Any) -> Any:
+    """`default` for an argument that ``torch.fx.symbolic_trace(block)`` made a placeholder
+    only because forward declares it, else `value`.
+
+    Tracing the block itself turns every argument of forward into a placeholder, the
+    optional ones too, with their defaults recorded. Those are traced at their default,
+    and the graph checks at run time that callers leave them there (`_require_default`).
+    A proxy for a flag that is not such a placeholder cannot be traced: that is a TypeError.
+    """
+    if not isinstance(value, torch.fx.Proxy):
+        return value
+    node = value.node
+    if node.op == "placeholder" and node.args == (default,):
+        _require_default(value, name, default)
+        return default
+    if isinstance(default, bool):
+        raise TypeError(
+            f"{name}={value} is invalid while torch.fx traces NonLocalBlock: expected True "
+            f"or False, as a Python bool (pass it in concrete_args)"
+        )
+    return value
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

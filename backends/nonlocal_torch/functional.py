@@ -1,7 +1,8 @@
 """The pairwise part of the non-local block on (B, N, channels) tensors, without N x N' memory.
 
 Every function here takes theta (B, N, d), phi (B, N', d) and g (B, N', C') - positions
-flattened row-major, channels last, contiguous - and returns y (B, N, C') with
+flattened row-major, channels last; contiguous is fastest in eager calls, any strides
+work - and returns y (B, N, C') with
 
     y_i = sum_j a_ij g_j,   a_ij = f(theta_i, phi_j) / C_i      (spec section "The operator")
 
@@ -10,6 +11,8 @@ output) an N x N' one: the softmax instantiations go through
 `scaled_dot_product_attention` (or an exact query-chunked loop), the dot product uses
 associativity ``theta (phi^T g) / N'``, and concatenation sorts keys by their scalar half
 (see `nonlocal_torch.strategies`). `attention_matrix` materialises a_ij when asked.
+Every size is read from the tensors as they are, so compilers and exporters keep N, N' and
+the key count symbolic, and the strategy is chosen without sizes while tracing.
 
 A key mask is (B, N') boolean, True = valid. A query with no valid key gets y_i = 0.
 """
@@ -24,9 +27,16 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend
 
 from nonlocal_core import NonLocalConfig
-from nonlocal_core.config import require_config, require_flag
+from nonlocal_core.config import SOFTMAX_INSTANTIATIONS, require_config, require_flag
 
-from .strategies import check_strategy, choose_strategy, chunked_softmax, sorted_concatenation
+from .strategies import (
+    TRACED_STRATEGIES,
+    check_strategy,
+    choose_strategy,
+    chunked_softmax,
+    is_tracing,
+    sorted_concatenation,
+)
 
 
 def _mask_parts(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -49,10 +59,15 @@ def _zero_empty(y: Tensor, has_key: Tensor | None) -> Tensor:
     return y * has_key[:, None, None].to(y.dtype)
 
 
-def _key_count(mask: Tensor | None, num_keys: int, like: Tensor) -> Tensor | float:
-    """C(x) of the non-softmax instantiations: the number of valid keys, per batch item."""
+def _key_count(mask: Tensor | None, num_keys: int, like: Tensor) -> Tensor | int:
+    """C(x) of the non-softmax instantiations: the number of valid keys, per batch item.
+
+    `num_keys` is N' as read from a tensor's shape and is returned as it is: a plain int in
+    eager calls, a SymInt (or traced size) under compilers and exporters, which keep it
+    symbolic. Converting it (``float(num_keys)``) would bake the traced N' into the program.
+    """
     if mask is None:
-        return float(num_keys)
+        return num_keys
     # clamp: items with no valid key have all-zero f, so any positive divisor gives y = 0.
     return mask.sum(dim=-1).clamp(min=1).to(like.dtype)[:, None, None]
 
@@ -76,6 +91,8 @@ def check_operands(
         ValueError: phi has shape (2, 4, 2): expected (2, N', 3) to match theta (2, 5, 3)
     """
     require_config(config)
+    if any(isinstance(t, torch.fx.Proxy) for t in (theta, phi, g, concat_weight, mask)):
+        return  # torch.fx.symbolic_trace: no shapes or dtypes to check until run time
     for name, t in (("theta", theta), ("phi", phi), ("g", g)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -153,15 +170,21 @@ def softmax_attention(
     theta, phi, g = _common_dtype(theta, phi, g)
     safe, has_key = _mask_parts(mask)
     attn_mask = None if safe is None else safe[:, None, None, :]  # (B, 1, 1, N')
+    # Channel widths are fixed by the weights, so these branches hold at every input size.
     d, width = theta.shape[-1], g.shape[-1]
+    # (B, 1, N, d) heads. The head axis is added before the copies below: under
+    # torch.compile with dynamic shapes and autograd, SDPA operands that are views of a
+    # contiguous (B, N, d) tensor crash inductor's stride ordering (torch 2.13; the block
+    # hands non-contiguous positions while tracing, so .contiguous() here is a real copy).
+    q, k, v = (t.unsqueeze(1) for t in (theta, phi, g))
     # Fused kernels (CPU and CUDA flash) want one head dim for q, k and v, else SDPA falls
     # back to the N x N' math kernel. Gaussian has d = C != C': zero-pad the narrower side,
     # which leaves every dot product and every value unchanged, and slice the padding off.
     if width < d:
-        g = F.pad(g, (0, d - width))
+        v = F.pad(v, (0, d - width))
     elif d < width:
-        theta, phi = F.pad(theta, (0, width - d)), F.pad(phi, (0, width - d))
-    q, k, v = (t.unsqueeze(1).contiguous() for t in (theta, phi, g))
+        q, k = F.pad(q, (0, width - d)), F.pad(k, (0, width - d))
+    q, k, v = (t.contiguous() for t in (q, k, v))
     if strategy == "chunked" or (
         strategy == "auto" and not _fused_kernel_accepts(q, k, v, attn_mask)
     ):
@@ -172,10 +195,23 @@ def softmax_attention(
 
 
 def _fused_kernel_accepts(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> bool:
-    """False when SDPA would fall back to its math kernel (which builds N x N' logits)."""
-    if torch.compiler.is_compiling():
-        return True  # the compiler lowers SDPA itself
-    choice = torch._fused_sdp_choice(q, k, v, attn_mask, 0.0, False, scale=None)
+    """False when SDPA would fall back to its math kernel (which builds N x N' logits).
+
+    Asks ``torch._fused_sdp_choice``, the dispatcher's own choice: PyTorch has no public
+    query for CPU kernels. Where that private function is missing or cannot answer (it
+    refuses functorch's batched tensors under `torch.func.vmap`), answer True: SDPA then
+    picks its kernel itself, which is exact either way; only the chunked fallback's memory
+    bound is given up. While tracing, the compiler or the exported program's runtime picks.
+    """
+    if is_tracing(q, k, v):
+        return True
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None:
+        return True
+    try:
+        choice = choose(q, k, v, attn_mask, 0.0, False, scale=None)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return True
     return choice != int(SDPBackend.MATH)
 
 
@@ -236,19 +272,19 @@ def attention_matrix(
         tensor([[[0.2500, 0.2500, 0.2500, 0.2500]]])
     """
     check_operands(theta, phi, phi, config, concat_weight, mask)
-    return _attention_matrix(theta, phi, config, concat_weight, mask)
+    return _attention_matrix(theta, phi, config.instantiation, config.scale, concat_weight, mask)
 
 
-def _attention_matrix(theta, phi, config, concat_weight=None, mask=None) -> Tensor:
+def _attention_matrix(theta, phi, instantiation, scale, concat_weight=None, mask=None) -> Tensor:
     theta, phi = _common_dtype(theta, phi)
-    if config.instantiation == "concatenation":
+    if instantiation == "concatenation":
         a, b = _concat_halves(theta, phi, concat_weight)
         f = torch.relu(a[:, :, None] + b[:, None, :])
     else:
         f = theta @ phi.transpose(1, 2)
     safe, has_key = _mask_parts(mask)
-    if config.is_softmax:
-        logits = config.scale * f
+    if instantiation in SOFTMAX_INSTANTIATIONS:
+        logits = scale * f
         if safe is not None:
             logits = logits.masked_fill(~safe[:, None, :], float("-inf"))
         attention = torch.softmax(logits, dim=-1)
@@ -298,29 +334,77 @@ def attend(
     strategy: str,
 ) -> tuple[Tensor, Tensor | None]:
     """`nonlocal_attention` without its operand checks, for callers that checked already
-    (`NonLocalBlock.forward` validates x, context and mask against its config)."""
-    check_strategy(strategy, config.instantiation)
+    (`NonLocalBlock.forward` validates x, context and mask against its config).
+
+    Example:
+        >>> cfg = NonLocalConfig(4, spatial_dims=1, instantiation="dot_product")
+        >>> y, _ = attend(torch.ones(1, 2, 2), torch.ones(1, 4, 2), torch.ones(1, 4, 3), cfg,
+        ...               None, None, False, "auto")
+        >>> y[0, 0]
+        tensor([2., 2., 2.])
+    """
+    return attend_parts(
+        theta,
+        phi,
+        g,
+        config.instantiation,
+        config.scale,
+        concat_weight,
+        mask,
+        return_attention,
+        strategy,
+    )
+
+
+def attend_parts(
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    instantiation: str,
+    scale: float | None,
+    concat_weight: Tensor | None,
+    mask: Tensor | None,
+    return_attention: bool,
+    strategy: str,
+) -> tuple[Tensor, Tensor | None]:
+    """`attend` with the config reduced to the two fields it reads, the instantiation and
+    the softmax `scale` (None without a softmax): plain values, which a `torch.fx` graph can
+    hold as arguments of a call (`NonLocalBlock` keeps this call whole in FX graphs).
+
+    ``strategy="auto"`` applies `choose_strategy` to the sizes in eager calls, and takes
+    `TRACED_STRATEGIES` while tracing (`is_tracing`), where sizes are symbolic.
+
+    Example:
+        >>> y, a = attend_parts(torch.zeros(1, 2, 2), torch.zeros(1, 4, 2), torch.ones(1, 4, 1),
+        ...                     "embedded_gaussian", 0.5, None, None, True, "auto")
+        >>> y[0, :, 0], a[0, 0]
+        (tensor([1., 1.]), tensor([0.2500, 0.2500, 0.2500, 0.2500]))
+    """
+    check_strategy(strategy, instantiation)
     if strategy == "auto" and not return_attention:
-        training = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (theta, phi, g, concat_weight)
-        )
-        chosen = choose_strategy(
-            config.instantiation,
-            theta.shape[1],
-            phi.shape[1],
-            theta.shape[-1],
-            g.shape[-1],
-            training=training,
-        )
+        if is_tracing(theta, phi, g):
+            chosen = TRACED_STRATEGIES[instantiation]
+        else:
+            training = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (theta, phi, g, concat_weight)
+            )
+            chosen = choose_strategy(
+                instantiation,
+                theta.shape[1],
+                phi.shape[1],
+                theta.shape[-1],
+                g.shape[-1],
+                training=training,
+            )
         # "sdpa" stays "auto" for softmax_attention, which falls back to "chunked" where no
         # fused kernel accepts the inputs (a forced "sdpa" would take the N x N' math kernel).
         strategy = "auto" if chosen == "sdpa" else chosen
     if return_attention or strategy == "pairwise":
-        attention = _attention_matrix(theta, phi, config, concat_weight, mask)
+        attention = _attention_matrix(theta, phi, instantiation, scale, concat_weight, mask)
         y = attention @ g.to(attention.dtype)
         return y, (attention if return_attention else None)
-    if config.is_softmax:
-        return softmax_attention(theta, phi, g, config.scale, mask, strategy), None
-    if config.instantiation == "dot_product":
+    if instantiation in SOFTMAX_INSTANTIATIONS:
+        return softmax_attention(theta, phi, g, scale, mask, strategy), None
+    if instantiation == "dot_product":
         return dot_product_attention(theta, phi, g, mask), None
     return concatenation_attention(theta, phi, g, concat_weight, mask), None

@@ -13,7 +13,11 @@ concatenation   ``sorted``              (N + N') (log N' + C')         O((N + N'
 any             ``pairwise``            N N' (d + C')                  B x N x N'
 =============== ======================= ============================== =====================
 
-``auto`` (the default) applies `choose_strategy`. The sorted concatenation rests on
+``auto`` (the default) applies `choose_strategy` in eager calls. While a compiler, exporter
+or tracer records the block (`is_tracing`), ``auto`` takes `TRACED_STRATEGIES` instead, which
+do not look at sizes: a program captured at one size is then exact and linear in memory at
+every size it may later run at (the cost model would bake in a choice made for one size, or
+guard on sizes an exporter keeps symbolic). The sorted concatenation rests on
 ReLU(a_i + b_j) = (a_i + b_j) [b_j > -a_i]: with keys sorted by b,
 
     sum_j ReLU(a_i + b_j) g_j = a_i G(t_i) + H(t_i),   t_i = #{j : b_j <= -a_i}
@@ -53,6 +57,49 @@ CONCAT_MODEL = {
 }
 
 
+# What ``auto`` runs while tracing: exact at every size, traceable with symbolic sizes, and
+# free of N x N' memory (the chunked softmax's Python loop over N would specialise on N).
+TRACED_STRATEGIES = {
+    "embedded_gaussian": "sdpa",
+    "gaussian": "sdpa",
+    "dot_product": "associative",
+    "concatenation": "sorted",
+}
+
+
+# torch.compiler.is_exporting is newer than torch 2.4, the oldest supported; there
+# torch.compiler.is_compiling covers torch.export.
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+def is_tracing(*tensors: object) -> bool:
+    """True while the call is being recorded rather than run: `torch.compile` (and strict
+    `torch.export`), non-strict `torch.export`, `torch.jit.trace`, `torch.fx.symbolic_trace`
+    (operands are `torch.fx.Proxy` objects), or any tracer with symbolic sizes (``make_fx``).
+
+    Sizes are then symbols or stand-ins, so nothing may be decided by comparing them in
+    Python: such a branch would bake one size's choice into the program, or fail.
+
+    Example:
+        >>> is_tracing(torch.ones(2, 3))
+        False
+        >>> torch.compile(lambda t: t + is_tracing(t), backend="eager")(torch.zeros(1))
+        tensor([1.])
+    """
+    if torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing():
+        return True
+    for t in tensors:
+        if isinstance(t, torch.fx.Proxy):
+            return True
+        if isinstance(t, Tensor):
+            # make_fx (symbolic) hands tensors with SymInt sizes. (A plain loop: this runs
+            # on every eager call, where a generator would cost more than the test.)
+            for size in t.shape:
+                if type(size) is not int:
+                    return True
+    return False
+
+
 def check_strategy(strategy: str, instantiation: str) -> str:
     """`strategy`, if it is one `instantiation` can run; a ValueError naming the options if not.
 
@@ -80,7 +127,8 @@ def choose_strategy(
     value_dim: int,
     training: bool = False,
 ) -> str:
-    """The cost model behind ``strategy="auto"``.
+    """The cost model behind ``strategy="auto"`` in eager calls (while tracing, sizes are
+    symbolic and ``auto`` takes `TRACED_STRATEGIES` instead).
 
     - softmax: ``sdpa`` (fused kernels, memory linear in N); `softmax_attention` itself
       falls back to ``chunked`` when every fused kernel refuses the inputs. (On CPU in
@@ -171,7 +219,10 @@ def chunked_softmax(
 
     Used where no fused SDPA kernel accepts the inputs (e.g. very wide Gaussian features).
     With gradients enabled each chunk is recomputed in backward (activation checkpointing),
-    so training memory stays bounded too. `mask` must give every item a valid key.
+    so training memory stays bounded too. `mask` must give every item a valid key. The
+    loop over chunks is Python: traced with a symbolic N, it specialises on N (a compiler
+    recompiles per size, an exporter refuses a dynamic N), which is why ``auto`` never
+    picks it while tracing.
 
     Example:
         >>> t = torch.zeros(1, 5, 2); v = torch.arange(6.0).reshape(1, 3, 2)
