@@ -10,6 +10,7 @@ Example:
 
 from .block import NonLocal1d, NonLocal2d, NonLocal3d, NonLocalBlock
 from .functional import attention_matrix, nonlocal_attention
+from .onnx import export_onnx
 
 __all__ = [
     "NonLocal1d",
@@ -17,5 +18,6 @@ __all__ = [
     "NonLocal3d",
     "NonLocalBlock",
     "attention_matrix",
+    "export_onnx",
     "nonlocal_attention",
 ]
