@@ -35,6 +35,7 @@ REQUIREMENTS: dict[str, tuple[str | None, tuple[str, ...] | None]] = {
     "quickstart-keras.md": ("nonlocal_keras.NonLocalBlock", KERAS_BACKENDS),
     # Torch and Keras side by side: Keras on PyTorch, so one framework is imported.
     "checkpoints.md": ("nonlocal_torch.NonLocalBlock", ("torch",)),
+    "export.md": ("nonlocal_torch.export_onnx", None),
 }
 # Pages that must keep executable examples: a page losing its blocks would pass vacuously.
 MUST_HAVE_BLOCKS = {
@@ -44,6 +45,7 @@ MUST_HAVE_BLOCKS = {
     "quickstart-keras.md": 3,
     "conformance.md": 2,
     "checkpoints.md": 6,
+    "export.md": 7,
 }
 # Pages that must keep showing (checked) outputs: losing them would pass vacuously too.
 MUST_SHOW_OUTPUTS = {
@@ -52,6 +54,7 @@ MUST_SHOW_OUTPUTS = {
     "quickstart-keras.md": 6,
     "conformance.md": 1,
     "checkpoints.md": 7,
+    "export.md": 20,
 }
 
 
