@@ -44,6 +44,9 @@ _LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 # How many bytes of tensors a torch file may build beyond its storages' own size: a tensor
 # with stride 0 (an expand()) is legitimate, but 1 byte of storage must not become 1 TB.
 _EXPANSION_BYTES = 2**30
+# The most an .npz's deflated arrays may expand beyond `_EXPANSION_BYTES` (zeros reach about
+# 1000x; real weights compress far less).
+_MAX_ZIP_RATIO = 20
 # NumPy dtypes a pickle may name: booleans and numbers ('O' would hold Python objects, 'V'
 # records whose fields may be objects).
 _DTYPE_SPEC = re.compile(r"[<>|=]?[?biufc][0-9]{0,2}")
@@ -136,7 +139,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                 raise FileFormatError(f"{name} is empty; expected {FORMATS}")
             if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
                 with zipfile.ZipFile(stream) as archive:
-                    return _finish(_read_zip(archive, name), name)
+                    return _finish(_read_zip(archive, name), name, size)
             if head.startswith(_LEGACY_TORCH):
                 raise FileFormatError(
                     f"{name} is in the legacy format of torch < 1.6, which this reader does "
@@ -148,7 +151,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             result = _Unpickler(stream, name).load()
             if stream.read(1):
                 raise FileFormatError(f"{name} has bytes after its pickle: not a single pickle")
-            return _finish(result, name)
+            return _finish(result, name, size)
         except FileFormatError as exc:
             if name in str(exc):
                 raise
@@ -249,6 +252,15 @@ def _is_safetensors(head: bytes, size: int) -> bool:
 def _read_zip(archive: zipfile.ZipFile, name: str) -> Any:
     """A torch.save archive (``<prefix>/data.pkl``) or an .npz (only ``.npy`` entries)."""
     names = archive.namelist()
+    # A compressed entry claims its own size: a small file could decompress to anything.
+    # torch.save stores its entries uncompressed; np.savez_compressed may deflate, up to
+    # the ratio a real array of numbers reaches.
+    unpacked = sum(info.file_size for info in archive.infolist())
+    packed = sum(info.compress_size for info in archive.infolist())
+    if unpacked > _EXPANSION_BYTES + _MAX_ZIP_RATIO * packed:
+        raise FileFormatError(
+            f"{name} would decompress {packed} bytes into {unpacked}: refused (a zip bomb?)"
+        )
     if names and all(entry.endswith(".npy") for entry in names):
         arrays = {}
         for entry in names:
@@ -266,6 +278,12 @@ def _read_zip(archive: zipfile.ZipFile, name: str) -> Any:
         raise FileFormatError(
             f"{name} is a TorchScript archive (torch.jit.save), which holds code; save the "
             "model's state_dict() with torch.save instead"
+        )
+    compressed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise FileFormatError(
+            f"{name} has compressed entries {compressed[:3]}: torch.save stores its entries "
+            "uncompressed, and a compressed one could claim any size"
         )
     # torch 1.6 - 1.9 wrote no byteorder record: those files are little-endian.
     order = "little"
@@ -457,8 +475,9 @@ class _Unpickler(pickle.Unpickler):
         dtype, shape = dtype.resolve(), _ints(shape, "an array's shape")
         if order not in ("C", "F") or math.prod(shape) * dtype.itemsize != len(buffer):
             raise FileFormatError(f"{self.name}: {len(buffer)} bytes are no array of {shape}")
-        array = np.frombuffer(buffer, dtype).reshape(shape, order=order)
-        return array.copy(order="C").view(_PickledArray)  # BUILD on it is checked too
+        # A view, not a copy: one buffer reused by many calls must not multiply memory
+        # (`_finish` makes the copies, against a budget). BUILD on it is checked too.
+        return np.frombuffer(buffer, dtype).reshape(shape, order=order).view(_PickledArray)
 
     def _size(self, which, dims=()):
         return _ints(dims, "a torch.Size")
@@ -516,12 +535,16 @@ def _ints(values: Any, what: str) -> tuple[int, ...]:
 # After unpickling ----------------------------------------------------------------------------
 
 
-def _finish(obj: Any, name: str) -> Any:
+def _finish(obj: Any, name: str, file_size: int) -> Any:
     """`obj` as plain data: dicts for OrderedDicts, str for bytes keys, plain native-order
-    ndarrays; anything left of the unpickler's helpers is refused. Shared parts stay
-    shared (and are converted once: a pickle of n doubling lists is 2**n paths)."""
+    ndarrays that own their memory; anything left of the unpickler's helpers is refused.
+    Shared parts stay shared (and are converted once: a pickle of n doubling lists is 2**n
+    paths). Arrays that are views of the pickle's bytes are copied, so arrays never alias
+    one another; a pickle can reuse one buffer in many arrays, so the copies may hold at
+    most the file's size plus `_EXPANSION_BYTES`."""
     done: dict[int, Any] = {}
     active: set[int] = set()
+    budget = [file_size + _EXPANSION_BYTES]
 
     def convert(value: Any) -> Any:
         if isinstance(value, str | bytes | bytearray | int | float | complex | np.generic):
@@ -535,9 +558,15 @@ def _finish(obj: Any, name: str) -> Any:
         active.add(id(value))
         if isinstance(value, np.ndarray):
             array = value.view(np.ndarray)
-            if not array.dtype.isnative:
-                array = array.astype(array.dtype.newbyteorder("="))
-            result = array if array.flags.writeable else array.copy()
+            if not (value.flags.owndata and array.dtype.isnative):
+                budget[0] -= array.nbytes
+                if budget[0] < 0:
+                    raise FileFormatError(
+                        f"{name}: its arrays hold over {_EXPANSION_BYTES} bytes more than the "
+                        "file (one buffer reused by many arrays): refused"
+                    )
+                array = array.astype(array.dtype.newbyteorder("="), order="C", copy=True)
+            result = array
         elif isinstance(value, dict):
             result = {}
             for key, entry in value.items():

@@ -683,3 +683,44 @@ def test_allow_list_names_only_builders():
     # Every allowed name maps to a builder method; none is a callable from elsewhere.
     for method in {**readers._ALLOWED, **readers._TORCH_ALLOWED}.values():
         assert callable(getattr(readers._Unpickler, method))
+
+
+class _ReusedBuffer:
+    """Pickles as NumPy's protocol-5 array rebuild, ``_frombuffer(buffer, ...)``, over one
+    shared `buffer`: the pickle stores the bytes once and reuses them by reference."""
+
+    def __init__(self, buffer: bytes) -> None:
+        self.buffer = buffer
+
+    def __reduce__(self):
+        rebuild = np._core.numeric._frombuffer
+        return rebuild, (self.buffer, np.dtype("u1"), (len(self.buffer),), "C")
+
+
+def test_one_buffer_reused_by_many_arrays_cannot_multiply_memory(tmp_path, monkeypatch):
+    buffer = bytes(1 << 20)
+    data = pickle.dumps({f"w{i}": _ReusedBuffer(buffer) for i in range(12)}, protocol=4)
+    assert len(data) < 2 * len(buffer)  # 12 MiB of arrays from a 1 MiB file
+    path = write(tmp_path, "reused.pkl", data)
+    arrays = read_checkpoint(path)  # within the budget: independent copies
+    arrays["w0"][0] = 1
+    assert arrays["w1"][0] == 0 and sum(a.nbytes for a in arrays.values()) == 12 << 20
+    monkeypatch.setattr(readers, "_EXPANSION_BYTES", 4 << 20)
+    with pytest.raises(FileFormatError, match="one buffer reused by many arrays"):
+        read_checkpoint(path)
+
+
+def test_compressed_archives_cannot_claim_any_size(torch, tmp_path, monkeypatch):
+    plain = torch_bytes({"w": torch.zeros(1 << 18)})
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(plain)) as src, zipfile.ZipFile(deflated, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), zipfile.ZIP_DEFLATED)
+    with pytest.raises(FileFormatError, match="compressed entries"):
+        read_checkpoint(write(tmp_path, "deflated.pt", deflated.getvalue()))
+    npz = tmp_path / "zeros.npz"
+    np.savez_compressed(npz, w=np.zeros(1 << 20))  # 8 MiB of zeros in a few KiB
+    assert read_checkpoint(npz)["w"].shape == (1 << 20,)
+    monkeypatch.setattr(readers, "_EXPANSION_BYTES", 1 << 20)
+    with pytest.raises(FileFormatError, match="zip bomb"):
+        read_checkpoint(npz)
