@@ -143,7 +143,7 @@ class NonLocalBlock(nn.Module):
         source: str | None = None,
         *,
         block: str | None = None,
-        data_format: str = "channels_first",
+        data_format: str | None = None,
         **kwargs: Any,
     ) -> NonLocalBlock:
         """A block holding a checkpoint's weights, in evaluation mode.
@@ -155,7 +155,9 @@ class NonLocalBlock(nn.Module):
         own names fill in what they cannot tell (``instantiation="dot_product"``,
         ``pool_size=[1, 2, 2]``, see `nonlocal_core.profile`), and the torch extras
         ``norm_momentum``, ``strategy``, ``device`` and ``dtype`` go to the block. `block`
-        picks one block by module path in a checkpoint that holds several.
+        picks one block by module path in a checkpoint that holds several. `data_format`
+        (default: the checkpoint's - channels first for every published implementation)
+        sets the layout of the block's inputs; the weights do not depend on it.
 
         Example:
             >>> from nonlocal_core import init_weights, profile
@@ -168,7 +170,9 @@ class NonLocalBlock(nn.Module):
         """
         extras = {k: kwargs.pop(k) for k in _TORCH_EXTRAS if k in kwargs}
         found = load_block(checkpoint, source, block, **kwargs)
-        config = found.config.replace(data_format=data_format)
+        config = found.config
+        if data_format is not None:  # None: the checkpoint's (published ones: channels first)
+            config = config.replace(data_format=data_format)
         module = cls.from_config(config, **extras)
         module.load_canonical_weights(found.weights)
         return module.eval()

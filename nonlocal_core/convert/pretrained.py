@@ -72,6 +72,12 @@ def load_block(
     """
     if isinstance(checkpoint, str | os.PathLike):
         if source is None:
+            if block is not None or arguments:
+                given = sorted(arguments) + (["block"] if block is not None else [])
+                raise TypeError(
+                    f"{given} given for a canonical file (source=None), whose config is in "
+                    "the file: pass source=... for another implementation's checkpoint"
+                )
             config, weights = load(checkpoint)
             return FoundBlock("", "paper", config, weights, {}, tuple(weights))
         state = find_state_dict(read_checkpoint(checkpoint))

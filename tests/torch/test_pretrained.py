@@ -69,8 +69,13 @@ def test_from_pretrained_reads_files_and_picks_a_block(tmp_path):
     save(saved, config, expected)
     again = NonLocalBlock.from_pretrained(saved, data_format="channels_last")
     assert again.config == config.replace(data_format="channels_last")
+    saved_last = tmp_path / "last.safetensors"
+    save(saved_last, config.replace(data_format="channels_last"), expected)
+    assert NonLocalBlock.from_pretrained(saved_last).config.data_format == "channels_last"
     with pytest.raises(TypeError, match="source="):
         NonLocalBlock.from_pretrained(state)
+    with pytest.raises(TypeError, match=r"\['block', 'pool_size'\]|\['pool_size', 'block'\]"):
+        NonLocalBlock.from_pretrained(saved, block="s3", pool_size=[1, 2, 2])
 
 
 def test_load_canonical_weights_takes_conv_kernel_shapes():
