@@ -8,6 +8,7 @@ The canonical layout (spec section "Weights") is framework-neutral: a 1x1 projec
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -200,6 +201,24 @@ def is_real_dtype(dtype) -> bool:
     """
     dtype = np.dtype(dtype)
     return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
+
+
+def host_values(value: Any) -> Any:
+    """A framework tensor (anything with ``detach``: torch; on any device, with grad or not)
+    as a NumPy array of its values on the host, bfloat16 - which NumPy lacks - as float32
+    (exact); anything else as given.
+
+    Example:
+        >>> host_values([1.0, 2.0])
+        [1.0, 2.0]
+    """
+    if not hasattr(value, "detach"):
+        return value
+    tensor = value.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:  # torch's "unsupported ScalarType BFloat16"
+        return tensor.float().numpy()
 
 
 def _as_array(value, name: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from nonlocal_core import InputError, NonLocalConfig, WeightError, check_shapes, check_weights
 from nonlocal_core.config import require_config, require_flag
 from nonlocal_core.convert.pretrained import block_state, load_block
-from nonlocal_core.weights import fit_kernels
+from nonlocal_core.weights import fit_kernels, host_values
 
 from .functional import attend_parts
 from .strategies import check_strategy, is_tracing
@@ -512,9 +512,8 @@ def _host_array(name: str, value: Any) -> Any:
         return value
     if value.is_meta:
         raise WeightError(f"weight {name!r} is a meta tensor: it holds no values to load")
-    value = value.detach().cpu()
-    # NumPy has no bfloat16; float32 holds every bfloat16 exactly (for the check only).
-    return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    # bfloat16 as float32, which holds it exactly (for the check only).
+    return host_values(value)
 
 
 def _check_device(device: Any) -> torch.device | None:

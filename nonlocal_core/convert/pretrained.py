@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import NonLocalConfig
 from ..io import load
-from ..weights import Weights
+from ..weights import Weights, host_values
 from .readers import find_state_dict, read_checkpoint
 from .scan import FoundBlock, find_blocks
 from .state_dicts import CheckpointError
@@ -40,12 +40,9 @@ def block_state(block: Any) -> tuple[NonLocalConfig, Weights]:
             f"block must be a non-local block of some backend (with a NonLocalConfig and "
             f"canonical_weights()), got {type(block).__name__}"
         )
-    weights = {}
-    for name, value in block.canonical_weights().items():
-        # A framework tensor (on any device) is read through its host copy.
-        if hasattr(value, "detach"):
-            value = value.detach().cpu()
-        weights[name] = np.asarray(value)
+    weights = {
+        name: np.asarray(host_values(value)) for name, value in block.canonical_weights().items()
+    }
     return config, weights
 
 

@@ -13,6 +13,7 @@ from ..weights import (
     Weights,
     check_weights,
     fit_kernels,
+    host_values,
     is_kernel_of,
     is_real_dtype,
 )
@@ -208,24 +209,12 @@ def _array(value: Any, key: str) -> np.ndarray:
     """A copy of `value` as a NumPy array (the caller's tensors stay untouched and
     independent), or `CheckpointError` naming `key`."""
     try:
-        if hasattr(value, "detach"):  # a framework tensor, perhaps on a device or with grad
-            value = _host(value)
-        array = np.array(value)
+        array = np.array(host_values(value))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"key {key!r} cannot be read as an array: {exc}") from exc
     if not is_real_dtype(array.dtype):
         raise CheckpointError(f"key {key!r} has dtype {array.dtype}: expected a real array")
     return array
-
-
-def _host(tensor: Any) -> np.ndarray:
-    """A framework tensor's values on the host (bfloat16, which NumPy lacks, as float32:
-    exact)."""
-    tensor = tensor.detach().cpu()
-    try:
-        return tensor.numpy()
-    except TypeError:
-        return tensor.float().numpy()
 
 
 def _source_names(exc: WeightError, plan: Layout, prefix: str) -> str:
