@@ -90,12 +90,11 @@ def load_block(
         raise TypeError(
             f"checkpoint must be a state dict or a file path, got {type(checkpoint).__name__}"
         )
-    found = find_blocks(state, source, **arguments)
-    if block is not None:
-        found = [b for b in found if b.prefix == block]
+    everything = find_blocks(state, source, **arguments)
+    found = everything if block is None else [b for b in everything if b.prefix == block]
     if len(found) == 1:
         return found[0]
-    names = [b.prefix for b in find_blocks(state, source, **arguments)]
+    names = [b.prefix for b in everything]
     if not names:
         raise CheckpointError(f"{where} holds no {source} non-local block")
     if block is not None:
