@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -134,6 +134,10 @@ class NonLocalBlock(keras.layers.Layer):
             use_fused_attention, "NonLocalBlock.use_fused_attention"
         )
         self._config: NonLocalConfig | None = None
+        # Set by `nonlocal_keras.capture_attention`: while set, every call passes its
+        # (B, N, N') attention to this callable (and so materialises it), returning z as
+        # usual. A callable, not a list: Keras would wrap an assigned list in a copy.
+        self._attention_sink: Callable[[Any], None] | None = None
         if in_channels is not None and spatial_dims is not None:
             self._config = NonLocalConfig(**self._fields)
         else:
@@ -468,6 +472,9 @@ class NonLocalBlock(keras.layers.Layer):
             weights.update(phi_kernel=self.phi_kernel, phi_bias=self.phi_bias)
         phi, g = F.keys_and_values(ctx_grid, weights, cfg)
 
+        capture = self._attention_sink is not None
+        return_attention_now = return_attention
+        return_attention = return_attention or capture
         attention = None
         if cfg.is_softmax:
             if (
@@ -494,7 +501,9 @@ class NonLocalBlock(keras.layers.Layer):
         x_flat = F.flatten_positions(x_grid)
         z_flat = u + x_flat if cfg.residual else u
         z = F.from_grid(ops.reshape(z_flat, ops.shape(x_grid)), cfg.data_format)
-        return (z, attention) if return_attention else z
+        if capture:
+            self._attention_sink(attention)
+        return (z, attention) if return_attention_now else z
 
     def _batch_norm(self, u, training: bool):
         """BN over (B, N, C) in float32 for half inputs; training updates running stats."""
