@@ -7,12 +7,17 @@ layer itself is backend-agnostic; only `gradients` needs each backend's own auto
 
 On JAX, float64 needs ``jax_enable_x64``; the adapter turns it on when it is created so the
 float64 tier runs in float64 rather than silently in float32.
+
+``NONLOCAL_KERAS_STRATEGY`` forces execution strategies: a comma-separated list, of which
+each block takes the first its instantiation (and, for ``sdpa``, this backend and dtype)
+can run exactly, else ``auto``; e.g. ``NONLOCAL_KERAS_STRATEGY=chunked,sorted``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +30,9 @@ from nonlocal_conformance.adapter import Capabilities, Output
 from nonlocal_core import NonLocalConfig
 
 from .layer import _CANONICAL, NonLocalBlock, to_numpy
+from .strategies import ALLOWED_STRATEGIES, STRATEGIES, fused_attention_is_exact
+
+STRATEGY_ENV = "NONLOCAL_KERAS_STRATEGY"
 
 _BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 _CLEAR_SESSION_EVERY = 256
@@ -69,6 +77,11 @@ class KerasAdapter:
 
             jax.config.update("jax_enable_x64", True)
         self.name = f"keras-{self.backend}"
+        forced = os.environ.get(STRATEGY_ENV, "")
+        self.forced = tuple(s.strip() for s in forced.split(",") if s.strip())
+        unknown = [s for s in self.forced if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"{STRATEGY_ENV}={forced!r}: unknown {unknown}, expected {STRATEGIES}")
         self._blocks_built = 0
         devices = {"cpu", "cuda"} if _gpu_available(self.backend) else {"cpu"}
         self.capabilities = Capabilities(
@@ -80,7 +93,11 @@ class KerasAdapter:
     def versions(self) -> dict[str, str]:
         """Keras and its backend's versions, e.g. ``{"keras": "3.15.1", "jax": "0.10.2"}``."""
         module = importlib.import_module(_BACKEND_MODULE[self.backend])
-        return {"keras": keras.__version__, self.backend: module.__version__}
+        return {
+            "keras": keras.__version__,
+            self.backend: module.__version__,
+            "strategy": ",".join(self.forced) or "auto",
+        }
 
     def _device(self, device: str):
         return keras.device("gpu:0" if device == "cuda" else "cpu:0")
@@ -95,7 +112,9 @@ class KerasAdapter:
             # a thorough run builds tens of thousands and grew to 9.8 GB without this.
             keras.backend.clear_session(free_memory=False)
         with self._device(device):
-            block = NonLocalBlock(**config.to_dict(), dtype=dtype)
+            block = NonLocalBlock(
+                **config.to_dict(), dtype=dtype, strategy=self._strategy(config, dtype)
+            )
             if self.backend == "jax":
                 with _no_random_init(block):
                     block.load_canonical_weights(weights)
@@ -103,6 +122,15 @@ class KerasAdapter:
                 block.load_canonical_weights(weights)
         block._conformance_device = device
         return block
+
+    def _strategy(self, config: NonLocalConfig, dtype: str) -> str:
+        for strategy in self.forced:
+            runnable = strategy in ALLOWED_STRATEGIES[config.instantiation]
+            if strategy == "sdpa":
+                runnable = runnable and fused_attention_is_exact(config, dtype) is None
+            if runnable:
+                return strategy
+        return "auto"
 
     def _tensor(self, block, value):
         if value is None:

@@ -151,8 +151,13 @@ def flat_key_mask(key_mask, batch):
     return ops.reshape(key_mask, (batch, -1))
 
 
-def _valid_counts(phi, mask, dtype):
-    """The number of valid keys, in `dtype`: (B, 1, 1), or a scalar N' without a mask."""
+def valid_counts(phi, mask, dtype):
+    """The number of valid keys, in `dtype`: (B, 1, 1), or a scalar N' without a mask.
+
+    Example:
+        >>> ops.convert_to_numpy(valid_counts(ops.ones((1, 3, 2)), None, "float32")).item()
+        3.0
+    """
     if mask is None:
         # Counted from the tensor, not read from its static shape: an exporter tracing with
         # symbolic sizes (torch.export) would freeze a shape entry at its trace-time value.
@@ -161,8 +166,12 @@ def _valid_counts(phi, mask, dtype):
     return ops.sum(ops.cast(mask, dtype), axis=1)[:, None, None]
 
 
-def _safe_inverse(count):
+def safe_inverse(count):
     """1 / count, and 0 where count is 0 (a query with no valid key gets y = 0).
+
+    Example:
+        >>> ops.convert_to_numpy(safe_inverse(ops.convert_to_tensor([0.0, 4.0]))).tolist()
+        [0.0, 0.25]
 
     Plain operators, not `ops.maximum`: Keras's promotion would turn float64 into float32.
     """
@@ -206,7 +215,7 @@ def _softmax_over_keys(logits):
 def fused_softmax_aggregate(theta, phi, g, mask, scale: float):
     """y = softmax(scale * theta phi^T) g through `keras.ops.dot_product_attention`.
 
-    Only valid where it is exact (see `fused_attention_applies`): d = C' (JAX requires
+    Only valid where it is exact (see `strategies.fused_attention_is_exact`): d = C' (JAX requires
     values as wide as keys) and not float64 (JAX and PyTorch's paths soften to float32).
     Fully masked batch elements are handled as in `softmax_attention`.
 
@@ -227,24 +236,6 @@ def fused_softmax_aggregate(theta, phi, g, mask, scale: float):
     return ops.where(any_valid, y, ops.zeros_like(y))
 
 
-def fused_attention_applies(config: NonLocalConfig, dtype: str) -> bool:
-    """Whether `keras.ops.dot_product_attention` computes this block's y exactly.
-
-    Example:
-        >>> fused_attention_applies(NonLocalConfig(8), "float32")
-        True
-        >>> fused_attention_applies(NonLocalConfig(8, instantiation="gaussian"), "float32")
-        False
-    """
-    dtype = keras.backend.standardize_dtype(dtype)
-    if keras.backend.backend() == "jax" and dtype in HALF_DTYPES:
-        # jax.nn.dot_product_attention asks for a BF16_BF16_F32 / F16_F16_F32 dot, which
-        # XLA:CPU fails to compile for small shapes ("not supported by the
-        # ElementalIrEmitter") - inside jit, past Keras's eager fallback.
-        return False
-    return config.is_softmax and config.embed_dim == config.inter_channels and dtype != "float64"
-
-
 def dot_product_aggregate(theta, phi, g, mask):
     """y_i = theta_i (sum_j phi_j g_j^T) / N'_valid: associativity, O(N d C') not O(N N').
 
@@ -258,7 +249,7 @@ def dot_product_aggregate(theta, phi, g, mask):
     if mask is not None:
         phi = phi * ops.cast(mask, dtype)[:, :, None]
     kv = ops.einsum("bmd,bmc->bdc", phi, g)  # (B, d, C'): sum_j phi_j g_j^T
-    return ops.einsum("bnd,bdc->bnc", theta, kv) * _safe_inverse(_valid_counts(phi, mask, dtype))
+    return ops.einsum("bnd,bdc->bnc", theta, kv) * safe_inverse(valid_counts(phi, mask, dtype))
 
 
 def pairwise_dot_product(theta, phi, mask):
@@ -273,7 +264,7 @@ def pairwise_dot_product(theta, phi, mask):
     f = ops.einsum("bnd,bmd->bnm", theta, phi)
     if mask is not None:
         f = f * ops.cast(mask, dtype)[:, None, :]
-    return f * _safe_inverse(_valid_counts(phi, mask, dtype))
+    return f * safe_inverse(valid_counts(phi, mask, dtype))
 
 
 def concatenation_attention(theta, phi, concat_kernel, mask):
@@ -295,7 +286,7 @@ def concatenation_attention(theta, phi, concat_kernel, mask):
     f = ops.relu(a[:, :, None] + b[:, None, :])
     if mask is not None:
         f = f * ops.cast(mask, dtype)[:, None, :]
-    return f * _safe_inverse(_valid_counts(phi, mask, dtype))
+    return f * safe_inverse(valid_counts(phi, mask, dtype))
 
 
 def batch_norm(u, gamma, beta, mean, var, eps: float):

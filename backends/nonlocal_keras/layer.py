@@ -24,6 +24,7 @@ from nonlocal_core.convert.pretrained import block_state, load_block
 from nonlocal_core.weights import fit_kernels
 
 from . import functional as F
+from . import strategies as S
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(NonLocalConfig))
 # The arguments of `NonLocalBlock.call`, in order.
@@ -49,7 +50,7 @@ _CANONICAL = {
 
 
 # Keywords of NonLocalBlock that are not NonLocalConfig fields.
-_KERAS_EXTRAS = ("dtype", "name", "norm_momentum", "use_fused_attention")
+_KERAS_EXTRAS = ("dtype", "name", "norm_momentum", "use_fused_attention", "strategy")
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_keras")
@@ -62,16 +63,23 @@ class NonLocalBlock(keras.layers.Layer):
     (``"channels_last"`` unless configured). Keras extras: ``norm_momentum`` (weight of the
     old running statistic, Keras convention: 0.9 = PyTorch's momentum 0.1; the running
     variance is updated with the unbiased batch variance, as PyTorch does),
-    ``use_fused_attention`` (allow `keras.ops.dot_product_attention` where it is exact),
-    and the usual layer kwargs (``name``, ``dtype`` policy, ...).
+    ``strategy`` (how the pairwise step runs, as in ``nonlocal_torch``: ``"auto"`` or one
+    of ``"sdpa"``, ``"chunked"``, ``"associative"``, ``"sorted"``, ``"pairwise"`` that the
+    instantiation allows, see `nonlocal_keras.strategies`; ``auto`` never builds the
+    N x N' matrix beyond a small size, and ``block.strategy`` may be changed at any
+    time), ``use_fused_attention`` (False keeps ``auto`` off
+    `keras.ops.dot_product_attention`), and the usual layer kwargs (``name``, ``dtype``
+    policy, ...).
 
     `call(x, context=None, key_mask=None, training=None, return_attention=False)`: x^ is
     `context` (default x); `key_mask` is boolean over the key grid after subsampling,
     ``(B, *S')`` or ``(B, N')``, True = valid; `training` makes BN use batch statistics and
     update its running ones; `return_attention` also returns the (B, N, N') matrix a_ij.
-    Integer ``x`` and ``context`` are converted to the layer's compute dtype, as Keras's own
-    layers (``Dense``, ``Conv2D``) do; bool, complex, string and object arrays are an
-    `InputError`. A new block is the identity (BN gamma = beta = 0).
+    ``x`` and ``context`` must be floating point (any float dtype is converted to the
+    compute dtype); integer, bool, complex, string and object arrays are an `InputError`
+    naming the argument (spec IO-3: an integer tensor is most often raw pixels or token ids
+    that the network should have converted or embedded first). A new block is the identity
+    (BN gamma = beta = 0).
 
     Example:
         >>> import numpy as np
@@ -99,6 +107,7 @@ class NonLocalBlock(keras.layers.Layer):
         data_format: str | None = None,
         norm_momentum: float = 0.9,
         use_fused_attention: bool = True,
+        strategy: str = "auto",
         **kwargs: Any,
     ) -> None:
         _check_dtype_argument(kwargs.get("dtype"))
@@ -133,6 +142,13 @@ class NonLocalBlock(keras.layers.Layer):
         self.use_fused_attention = require_flag(
             use_fused_attention, "NonLocalBlock.use_fused_attention"
         )
+        if not isinstance(strategy, str) or strategy not in S.STRATEGIES:
+            raise ValueError(
+                f"NonLocalBlock.strategy={strategy!r} is invalid: expected one of {S.STRATEGIES}"
+            )
+        if isinstance(instantiation, str) and instantiation in S.ALLOWED_STRATEGIES:
+            S.check_strategy(strategy, instantiation)
+        self.strategy = strategy
         self._config: NonLocalConfig | None = None
         # Set by `nonlocal_keras.capture_attention`: while set, every call passes its
         # (B, N, N') attention to this callable (and so materialises it), returning z as
@@ -216,6 +232,7 @@ class NonLocalBlock(keras.layers.Layer):
             **fields,
             "norm_momentum": self.norm_momentum,
             "use_fused_attention": self.use_fused_attention,
+            "strategy": self.strategy,
         }
 
     @classmethod
@@ -473,27 +490,17 @@ class NonLocalBlock(keras.layers.Layer):
         phi, g = F.keys_and_values(ctx_grid, weights, cfg)
 
         capture = self._attention_sink is not None
-        return_attention_now = return_attention
-        return_attention = return_attention or capture
-        attention = None
-        if cfg.is_softmax:
-            if (
-                self.use_fused_attention
-                and not return_attention
-                and (F.fused_attention_applies(cfg, self.compute_dtype))
-            ):
-                y = F.fused_softmax_aggregate(theta, phi, g, mask, cfg.scale)
-            else:
-                attention = F.softmax_attention(theta, phi, mask, cfg.scale)
-        elif cfg.instantiation == "dot_product":
-            if return_attention:
-                attention = F.pairwise_dot_product(theta, phi, mask)
-            else:
-                y = F.dot_product_aggregate(theta, phi, g, mask)
-        else:
-            attention = F.concatenation_attention(theta, phi, self.concat_kernel, mask)
-        if attention is not None:
-            y = F.aggregate(attention, g)
+        y, attention = S.attend(
+            theta,
+            phi,
+            g,
+            mask,
+            cfg,
+            self.strategy,
+            concat_kernel=getattr(self, "concat_kernel", None),
+            return_attention=return_attention or capture,
+            use_fused_attention=self.use_fused_attention,
+        )
 
         u = F.project(y, self.out_kernel, self.out_bias)
         if cfg.norm == "batch":
@@ -503,7 +510,7 @@ class NonLocalBlock(keras.layers.Layer):
         z = F.from_grid(ops.reshape(z_flat, ops.shape(x_grid)), cfg.data_format)
         if capture:
             self._attention_sink(attention)
-        return (z, attention) if return_attention_now else z
+        return (z, attention) if return_attention else z
 
     def _batch_norm(self, u, training: bool):
         """BN over (B, N, C) in float32 for half inputs; training updates running stats."""

@@ -19,7 +19,29 @@ def test_protocol_and_capabilities(adapter):
     assert adapter.name == f"keras-{BACKEND}"
     assert adapter.capabilities.gradients
     assert adapter.capabilities.dtypes == {"float64", "float32", "bfloat16", "float16"}
-    assert set(adapter.versions()) == {"keras", BACKEND}
+    assert adapter.versions()["strategy"] == "auto"
+    assert set(adapter.versions()) == {"keras", BACKEND, "strategy"}
+
+
+def test_forced_strategies_take_the_first_each_block_can_run(monkeypatch):
+    monkeypatch.setenv("NONLOCAL_KERAS_STRATEGY", "sdpa,sorted,chunked")
+    forced = KerasAdapter()
+    assert forced.versions()["strategy"] == "sdpa,sorted,chunked"
+    chosen = {}
+    for instantiation in INSTANTIATIONS:
+        cfg = NonLocalConfig(4, spatial_dims=1, instantiation=instantiation)
+        for dtype in ("float64", "float32"):
+            block = forced.build(cfg, random_weights(cfg), dtype=dtype, device="cpu")
+            chosen[instantiation, dtype] = block.strategy
+    # sdpa is exact only below float64 (and, off PyTorch, with keys as wide as values).
+    assert chosen["embedded_gaussian", "float64"] == "chunked"
+    assert chosen["embedded_gaussian", "float32"] == "sdpa"
+    assert chosen["gaussian", "float32"] == ("sdpa" if BACKEND == "torch" else "chunked")
+    assert chosen["concatenation", "float64"] == "sorted"
+    assert chosen["dot_product", "float64"] == "auto"
+    monkeypatch.setenv("NONLOCAL_KERAS_STRATEGY", "fast")
+    with pytest.raises(ValueError, match=r"NONLOCAL_KERAS_STRATEGY='fast': unknown \['fast'\]"):
+        KerasAdapter()
 
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
