@@ -422,8 +422,8 @@ class NonLocalBlock(keras.layers.Layer):
 
         Keras converts array arguments to tensors before `call` sees them (on JAX it parses
         a string array of numbers; elsewhere the failure does not name the argument), so
-        their dtypes are checked here, on the raw values. Integer NumPy inputs are converted
-        to the compute dtype by NumPy (JAX without x64 would wrap int64 to int32).
+        their dtypes are checked here, on the raw values (JAX would wrap an int64 array to
+        int32 before `call` could report it).
         """
         args = list(args)
         for position, name in enumerate(_CALL_ARGS):
@@ -601,27 +601,29 @@ def _raw_dtype(value, name: str) -> tuple[Any, str]:
 
 
 def _real_input(value, name: str, compute_dtype: str):
-    """`value` as a tensor or NumPy array of a real dtype, else an `InputError` naming it.
+    """`value` as a tensor or NumPy array of a floating dtype, else an `InputError` naming it.
 
-    NumPy arrays other than float16/32/64 (integers, long double, ml_dtypes' types) are
-    converted to `compute_dtype` here, by NumPy: a backend could not hold some of them (JAX
-    without x64 wraps int64 to int32).
+    NumPy arrays other than float16/32/64 (long double, ml_dtypes' bfloat16 and float8) are
+    converted to `compute_dtype` here, by NumPy: a backend could not hold some of them.
 
     Example:
         >>> _real_input(np.zeros(2, "complex64"), "x", "float32")
         Traceback (most recent call last):
         ...
-        nonlocal_core.shapes.InputError: x has dtype complex64: expected a real (float or int) tensor or array, got ndarray of shape (2,)
-        >>> _real_input(np.arange(2), "x", "float32").dtype
-        dtype('float32')
+        nonlocal_core.shapes.InputError: x has dtype complex64: expected a floating-point tensor or array, got ndarray of shape (2,)
+        >>> _real_input(np.arange(2), "x", "float32")
+        Traceback (most recent call last):
+        ...
+        nonlocal_core.shapes.InputError: x has dtype int64: expected a floating-point tensor or array, got ndarray of shape (2,); convert it first, e.g. keras.ops.cast(x, "float32")
     """  # noqa: E501
     if value is None:
-        raise InputError(f"{name} is None: expected a real (float or int) tensor or array")
+        raise InputError(f"{name} is None: expected a floating-point tensor or array")
     value, dtype = _raw_dtype(value, name)
-    if dtype == "bool" or not ("float" in dtype or "int" in dtype):
+    if "float" not in dtype:
+        hint = f'; convert it first, e.g. keras.ops.cast({name}, "float32")'
         raise InputError(
-            f"{name} has dtype {dtype}: expected a real (float or int) tensor or array, got "
-            f"{_brief(value)}"
+            f"{name} has dtype {dtype}: expected a floating-point tensor or array, got "
+            f"{_brief(value)}{hint if 'int' in dtype else ''}"
         )
     if isinstance(value, np.ndarray) and dtype not in ("float16", "float32", "float64"):
         return value.astype(_numpy_dtype(compute_dtype))

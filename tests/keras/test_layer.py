@@ -282,9 +282,9 @@ def test_input_errors_match_the_reference_messages():
         block(x)
     with pytest.raises(InputError, match="key_mask has dtype float32: expected bool"):
         block(x, context=ctx, key_mask=np.ones((2, 2, 2), "float32"))
-    with pytest.raises(InputError, match="x has dtype complex64: expected a real"):
+    with pytest.raises(InputError, match="x has dtype complex64: expected a floating-point"):
         block(x.astype("complex64"), context=ctx)
-    with pytest.raises(InputError, match="context has dtype bool: expected a real"):
+    with pytest.raises(InputError, match="context has dtype bool: expected a floating-point"):
         block(x, context=ctx > 0)
     with pytest.raises(ValueError, match=r"NonLocalConfig\.instantiation='softmax'"):
         NonLocalBlock(instantiation="softmax")
