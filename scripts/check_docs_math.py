@@ -1,21 +1,32 @@
 """Open built documentation pages in headless Chromium and check that every formula rendered.
 
-    python scripts/check_docs_math.py [--build] [--site-dir build/site] [--page operator/]
-                                      [--screenshot build/docs-check/operator.png]
+    python scripts/check_docs_math.py [--build] [--site-dir build/site]
+                                      [--page operator/ ... | --all]
+                                      [--screenshot build/docs-check/PAGE.png]
+                                      [--screenshot-dir DIR] [--window-size 1280,2000]
                                       [--require-browser]
+
+A page is named by its path in the site, as a directory or a file: ``operator/``, ``operator``,
+``operator/index.html``, and for the home page ``""``, ``/`` or ``index.html``. ``--all``
+checks every page of the site.
 
 The site is served from 127.0.0.1 (a random free port) and the browser resolves no other host,
 so a formula that needed the network would fail here. For each page the check compares the
 static HTML (the TeX that pymdownx.arithmatex wrote) with the DOM after scripts ran:
 
-- the page has at least one formula (a page without math checks nothing);
 - every ``.arithmatex`` element now holds KaTeX output (``.katex``, and ``.katex-display``
   for display math), none is left as raw TeX;
 - no ``.katex-error`` element exists (KaTeX's marker for TeX it could not parse);
-- every file the page requested from the site was found (KaTeX fonts included).
+- no ``$`` is left visible in the text outside code and formulas: TeX that arithmatex did not
+  take as math (``$x = $`` with a space before the closing ``$``, an unpaired ``$``) shows up
+  as raw TeX. A dollar meant literally belongs in a code span (``$HOME``);
+- no inline code span holds TeX between dollars (``$\\phi$`` in backticks shows as code);
+- every file the page requested from the site was found (KaTeX fonts included, on a page with
+  math).
 
-It also saves a screenshot of the first page. Without Chromium (Debian's ``chromium``
-package) it prints ``SKIPPED: ...`` and exits 0, or 2 with ``--require-browser``.
+It also saves a screenshot of the first page (of every page with ``--screenshot-dir``).
+Without Chromium (Debian's ``chromium`` package) it prints ``SKIPPED: ...`` and exits 0, or 2
+with ``--require-browser``.
 Exit status 1 means a check failed.
 
 Example:
@@ -35,6 +46,7 @@ import functools
 import html.parser
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,18 +84,27 @@ class _Math:
 
 
 class _MathParser(html.parser.HTMLParser):
-    """Collects the ``.arithmatex`` elements of a document and what they contain."""
+    """Collects a document's ``.arithmatex`` elements, what they contain, and stray dollars."""
 
     VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+    # Text in these is code or not shown as prose, so a "$" there is meant (shell variables).
+    NOT_PROSE = frozenset("code pre kbd samp script style template noscript textarea".split())
+    # KaTeX's output keeps the TeX source (in its MathML annotation): a "$" there is math.
+    MATH_CLASSES = frozenset({"arithmatex", "katex", "katex-display", "katex-error"})
+    # A TeX command between dollars: a formula someone put in backticks, never a shell line.
+    TEX_BETWEEN_DOLLARS = re.compile(r"\$[^$]*\\[A-Za-z][^$]*\$")
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.formulas: list[_Math] = []
         self.errors = 0
-        self._stack: list[tuple[str, _Math | None]] = []  # (tag, formula it opens)
+        self.stray_dollars: list[str] = []  # the visible text around each stray "$"
+        self.tex_in_code: list[str] = []  # inline code spans that hold a formula
+        self._code: list[str] | None = None  # the text of the inline code span being read
+        self._stack: list[tuple[str, _Math | None, bool]] = []  # (tag, formula it opens, prose)
 
     def _current(self) -> _Math | None:
-        for _, formula in reversed(self._stack):
+        for _, formula, _ in reversed(self._stack):
             if formula is not None:
                 return formula
         return None
@@ -100,8 +121,21 @@ class _MathParser(html.parser.HTMLParser):
         if "arithmatex" in classes:
             opened = _Math(display=(tag == "div"))
             self.formulas.append(opened)
+        if tag == "code" and all(open_tag != "pre" for open_tag, _, _ in self._stack):
+            self._code = []
         if tag not in self.VOID:
-            self._stack.append((tag, opened))
+            prose = tag not in self.NOT_PROSE and not classes & self.MATH_CLASSES
+            self._stack.append((tag, opened, prose and self._in_prose()))
+
+    def _in_prose(self) -> bool:
+        return not self._stack or self._stack[-1][2]
+
+    def handle_data(self, data: str) -> None:
+        if self._code is not None:
+            self._code.append(data)
+        if "$" in data and self._in_prose():
+            # One entry per text node, however many dollars it holds: "$x = $" is one mistake.
+            self.stray_dollars.append(" ".join(data.split())[:120])
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.handle_starttag(tag, attrs)
@@ -109,6 +143,11 @@ class _MathParser(html.parser.HTMLParser):
             self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "code" and self._code is not None:
+            code = "".join(self._code)
+            if self.TEX_BETWEEN_DOLLARS.search(code):
+                self.tex_in_code.append(code[:120])
+            self._code = None
         # Pop to the matching open tag (tolerates the unclosed tags HTML allows).
         for index in range(len(self._stack) - 1, -1, -1):
             if self._stack[index][0] == tag:
@@ -132,10 +171,27 @@ class MathReport:
     rendered: int
     errors: int
     problems: list[str]
+    stray_dollars: int = 0
+
+
+def stray_dollars(document: str) -> list[str]:
+    """Where `document` shows raw TeX: a ``$`` in text, TeX between dollars in a code span.
+
+    Works on static HTML and on a rendered DOM alike; a page is clean when this is empty.
+
+    Example:
+        >>> stray_dollars('<p>with <code>$HOME</code> and <span class="arithmatex">\\\\(x\\\\)'
+        ...               '</span>, but $\\\\phi = $ pooled</p>')
+        [', but $\\\\phi = $ pooled']
+    """
+    parsed = _parse(document)
+    return parsed.stray_dollars + parsed.tex_in_code
 
 
 def analyse(static_html: str, rendered_dom: str) -> MathReport:
     """Compare a page's static HTML with its DOM after scripts ran (see the module docstring).
+
+    A page without any formula is fine: it is still checked for stray dollars.
 
     Example:
         >>> analyse('<span class="arithmatex">\\\\(x\\\\)</span>',
@@ -144,8 +200,6 @@ def analyse(static_html: str, rendered_dom: str) -> MathReport:
     """
     before, after = _parse(static_html), _parse(rendered_dom)
     problems: list[str] = []
-    if not before.formulas:
-        problems.append("the static page has no formula: nothing to check (wrong page?)")
     if len(after.formulas) != len(before.formulas):
         problems.append(
             f"the page had {len(before.formulas)} formulas, the rendered DOM has "
@@ -159,8 +213,13 @@ def analyse(static_html: str, rendered_dom: str) -> MathReport:
         )
     if after.errors:
         problems.append(f"{after.errors} KaTeX errors (.katex-error): TeX KaTeX cannot parse")
+    for text in after.stray_dollars:
+        problems.append(f'a stray $ shows as text (raw TeX arithmatex did not take): "{text}"')
+    for code in after.tex_in_code:
+        problems.append(f'TeX shows as code (a formula in backticks): "{code}"')
     display = sum(f.display for f in before.formulas)
-    return MathReport(len(before.formulas), display, rendered, after.errors, problems)
+    stray = len(after.stray_dollars) + len(after.tex_in_code)
+    return MathReport(len(before.formulas), display, rendered, after.errors, problems, stray)
 
 
 # Serving and the browser ------------------------------------------------------------------
@@ -229,24 +288,65 @@ def build_site(site: Path) -> None:
     )
 
 
-def check_page(browser: str, site: Path, page: str, screenshot: Path | None) -> MathReport:
-    """Render one page of `site` (e.g. ``operator/``) and analyse it."""
-    static = (site / page / "index.html").read_text(encoding="utf-8")
+def page_file(page: str) -> str:
+    """The HTML file of `page` (a directory or a file path), relative to the site's root.
+
+    Example:
+        >>> [page_file(p) for p in ("", "/", "index.html", "404.html")]
+        ['index.html', 'index.html', 'index.html', '404.html']
+        >>> {page_file(p) for p in ("operator", "operator/", "/operator/index.html")}
+        {'operator/index.html'}
+    """
+    path = page.strip("/")
+    if path.endswith(".html"):
+        return path
+    return f"{path}/index.html" if path else "index.html"
+
+
+def site_pages(site: Path) -> list[str]:
+    """Every page of a built site as a directory path (``""`` is the home page)."""
+    pages = []
+    for path in site.rglob("index.html"):
+        relative = path.parent.relative_to(site).as_posix()
+        if not relative.startswith("assets/"):
+            pages.append("" if relative == "." else relative + "/")
+    return sorted(pages)  # "" first: the home page
+
+
+def screenshot_name(page: str) -> str:
+    """A file name for the screenshot of `page`: ``operator/`` -> ``operator.png``."""
+    stem = page_file(page).removesuffix(".html").removesuffix("/index").removesuffix("index")
+    return (stem.replace("/", "-") or "index") + ".png"
+
+
+def check_page(
+    browser: str,
+    site: Path,
+    page: str,
+    screenshot: Path | None,
+    window_size: str = "1280,2000",
+) -> MathReport:
+    """Render one page of `site` (e.g. ``operator/`` or ``index.html``) and analyse it."""
+    file = site / page_file(page)
+    if not file.is_file():
+        return MathReport(0, 0, 0, 0, [f"no such page in the site: {file}"])
+    static = file.read_text(encoding="utf-8")
     with serve(site) as (base, requests):
-        dom = chromium(browser, base + page, "--dump-dom")
+        url = base + page_file(page)
+        dom = chromium(browser, url, "--dump-dom")
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             chromium(
                 browser,
-                base + page,
+                url,
                 f"--screenshot={screenshot.resolve()}",
-                "--window-size=1280,2000",
+                f"--window-size={window_size}",
             )
     report = analyse(static, dom)
     missing = sorted({path for status, path in requests if status >= 400})
     if missing:
         report.problems.append(f"the site did not serve {missing}")
-    if not any("KaTeX_Main-Regular" in path for _, path in requests):
+    if report.formulas and not any("KaTeX_Main-Regular" in path for _, path in requests):
         report.problems.append("the KaTeX fonts were never requested")
     return report
 
@@ -259,12 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--page", action="append", help="page path inside the site (default: operator/)"
     )
+    parser.add_argument("--all", action="store_true", help="check every page of the site")
     parser.add_argument(
-        "--screenshot", type=Path, default=ROOT / "build" / "docs-check" / "operator.png"
+        "--screenshot",
+        type=Path,
+        help="where the screenshot of the first page goes (default: build/docs-check/PAGE.png)",
+    )
+    parser.add_argument(
+        "--screenshot-dir", type=Path, help="save a screenshot of every page here, too"
+    )
+    parser.add_argument(
+        "--window-size", default="1280,2000", help="browser window for screenshots: WIDTH,HEIGHT"
     )
     parser.add_argument("--require-browser", action="store_true", help="fail without Chromium")
     args = parser.parse_args(argv)
-    pages = args.page or ["operator/"]
+    if args.all and args.page:
+        parser.error("--all and --page exclude each other")
 
     browser = find_browser()
     if browser is None:
@@ -273,24 +383,34 @@ def main(argv: list[str] | None = None) -> int:
             "install Debian's package: apt-get install -y chromium"
         )
         return 2 if args.require_browser else 0
-    if args.build or not (args.site_dir / pages[0] / "index.html").is_file():
+    if args.build or not (args.site_dir / "index.html").is_file():
         build_site(args.site_dir)
+    pages = site_pages(args.site_dir) if args.all else args.page or ["operator/"]
+    if args.screenshot is None:
+        args.screenshot = ROOT / "build" / "docs-check" / screenshot_name(pages[0])
 
     failed = False
     for number, page in enumerate(pages):
         shot = args.screenshot if number == 0 else None
-        report = check_page(browser, args.site_dir, page, shot)
+        if args.screenshot_dir is not None:
+            shot = args.screenshot_dir / screenshot_name(page)
+        report = check_page(browser, args.site_dir, page, shot, args.window_size)
+        if number == 0 and shot != args.screenshot and shot.is_file():
+            args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, args.screenshot)
         status = "FAILED" if report.problems else "ok"
         print(
-            f"{page}: {report.formulas} formulas ({report.display} display, "
+            f"{page or '/'}: {report.formulas} formulas ({report.display} display, "
             f"{report.formulas - report.display} inline), {report.rendered} rendered by KaTeX, "
-            f"{report.errors} errors: {status}"
+            f"{report.errors} errors, {report.stray_dollars} stray $: {status}"
         )
         for problem in report.problems:
             print(f"  - {problem}")
         failed |= bool(report.problems)
     if not failed:
         print(f"screenshot: {args.screenshot}")
+        if args.screenshot_dir is not None:
+            print(f"screenshots of every page: {args.screenshot_dir}")
     return 1 if failed else 0
 
 

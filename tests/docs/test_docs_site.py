@@ -113,6 +113,14 @@ def test_api_reference_renders_docstring_examples(site):
     assert html.count("&gt;&gt;&gt;") >= 20 and "<blockquote>" not in html
 
 
+def test_the_operator_page_shows_the_block_diagram(site):
+    html = (site / "operator" / "index.html").read_text(encoding="utf-8")
+    image = re.search(r'<img alt="([^"]+)" src="\.\./assets/nonlocal-block\.svg"', html)
+    assert image and "W_z" in image[1], "the diagram is missing or has no alt text"
+    assert (site / "assets" / "nonlocal-block.svg").is_file()
+    assert re.search(r"<figcaption>\s*The non-local block", html)
+
+
 def test_changelog_names_the_current_versions():
     text = (DOCS / "changelog.md").read_text(encoding="utf-8")
     assert f"**{nonlocal_core.SPEC_VERSION}**" in text
@@ -176,8 +184,81 @@ def test_math_analysis_reports_failures(dom, problem):
     assert any(problem in p for p in report.problems), report.problems
 
 
-def test_math_analysis_refuses_a_page_without_math():
-    assert check_docs_math.analyse("<p>text</p>", "<p>text</p>").problems
+def test_a_page_without_math_is_checked_for_stray_dollars_only():
+    report = check_docs_math.analyse("<p>text</p>", "<p>text</p>")
+    assert (report.formulas, report.problems) == (0, [])
+    report = check_docs_math.analyse("<p>costs $5</p>", "<p>costs $5</p>")
+    assert report.stray_dollars == 1 and "stray $" in report.problems[0]
+
+
+# What arithmatex leaves as text when it does not take a "$...$" as math.
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>use $\\theta = x$, $\\phi = $ pooled $x$</p>",  # space before the closing $
+        "<td>a $k = $ fan-in</td>",
+        "<li><p>unpaired $ in a list</p></li>",
+        "<p>in a code span: <code>$\\hat{x}_j$</code></p>",
+        "<p><code>see <span>$\\phi$</span></code></p>",  # inline code with markup inside
+    ],
+    ids=["space-before-closing", "table-cell", "unpaired", "tex-in-code", "tex-in-code-markup"],
+)
+def test_stray_dollars_are_found(html):
+    assert check_docs_math.stray_dollars(html), html
+    report = check_docs_math.analyse(html, html)
+    assert report.stray_dollars == 1 and any("TeX" in p for p in report.problems), report
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>set <code>$NONLOCAL_BACKEND</code> or <code>$OUT</code></p>",
+        "<pre><code>echo $HOME; printf '$\\phi$'</code></pre>",
+        '<div class="highlight"><pre><span>$</span> <span>$PY -m pytest</span></pre></div>',
+        "<script>var document$ = 1;</script><style>a::after { content: '$'; }</style>",
+        '<span class="arithmatex"><span class="katex"><annotation>\\$x</annotation></span></span>',
+        "<p>no dollar at all</p>",
+    ],
+    ids=["env-vars-in-code", "code-block", "highlighted-block", "script-style", "katex", "none"],
+)
+def test_meant_dollars_are_not_stray(html):
+    assert check_docs_math.stray_dollars(html) == []
+
+
+@pytest.mark.parametrize(
+    ("page", "file"),
+    [
+        ("", "index.html"),
+        ("/", "index.html"),
+        ("index.html", "index.html"),
+        ("operator", "operator/index.html"),
+        ("operator/", "operator/index.html"),
+        ("api/core/index.html", "api/core/index.html"),
+    ],
+)
+def test_pages_are_named_as_directories_or_files(page, file):
+    assert check_docs_math.page_file(page) == file
+
+
+def test_a_missing_page_is_reported_not_a_crash(tmp_path):
+    (tmp_path / "index.html").write_text("<p>home</p>", encoding="utf-8")
+    # The page is looked up before any browser starts.
+    report = check_docs_math.check_page("no-browser-needed", tmp_path, "nosuch/", None)
+    assert report.problems == [f"no such page in the site: {tmp_path / 'nosuch' / 'index.html'}"]
+
+
+def test_every_built_page_is_found_and_shows_no_stray_dollar(site):
+    pages = check_docs_math.site_pages(site)
+    assert {"", "operator/", "conformance/", "api/core/"} <= set(pages)
+    assert not any(p.startswith("assets") for p in pages)
+    # The static HTML already shows what arithmatex left as text; the browser check
+    # repeats this on the rendered DOM where Chromium is installed.
+    stray = {}
+    for page in pages:
+        html = (site / check_docs_math.page_file(page)).read_text(encoding="utf-8")
+        if found := check_docs_math.stray_dollars(html):
+            stray[page] = found
+    assert stray == {}
 
 
 def test_the_browser_check_skips_cleanly_without_chromium(tmp_path, monkeypatch, capsys):
@@ -194,7 +275,7 @@ def test_the_browser_check_skips_cleanly_without_chromium(tmp_path, monkeypatch,
 )
 def test_every_formula_renders_in_a_browser(site, tmp_path):
     shot = tmp_path / "operator.png"
-    pages = ["operator/", "", "performance/"]
+    pages = ["operator/", "index.html", "conformance", "performance/"]
     arguments = ["--site-dir", str(site), "--screenshot", str(shot)]
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "check_docs_math.py"), *arguments]
