@@ -25,7 +25,9 @@ Each ``docs/assets/perf/NAME.sidebyside.json`` is a document written by
 formulation, with the ratios.
 
 Plots are written deterministically (no dates, fixed SVG ids), so ``--check`` can compare
-bytes.
+bytes. They share one style, `STYLE` (``with matplotlib.rc_context(STYLE):``), sized for the
+documentation page: a figure `FIGURE_WIDTH` inches wide is shown at about its natural size in
+the text column at a 1280 px window, so its 12-point text reads like the page's own.
 
 Example:
     >>> rows = [Row("a", "forward", "f", 1.5, 10.0, "ok"), Row("a", "forward", "g", None, None,
@@ -43,13 +45,30 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "docs" / "assets" / "perf"
 SNIPPETS = ROOT / "docs" / "_snippets"
+
+FIGURE_WIDTH = 8.0  # inches: 768 px, about the docs column at a 1280 px window
+STYLE = {
+    "font.size": 12,
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 11,
+    "figure.titlesize": 13,
+    # Text stays text (the browser draws it, and it can be searched); fixed ids make the
+    # SVG bytes depend on the data alone.
+    "svg.fonttype": "none",
+    "svg.hashsalt": "nonlocal-block",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +140,19 @@ def plot(title: str, rows: list[Row]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matplotlib.rcParams.update({"svg.hashsalt": "nonlocal-block", "svg.fonttype": "none"})
+    with matplotlib.rc_context(STYLE):
+        return _plot(plt, title, rows)
+
+
+def _plot(plt, title: str, rows: list[Row]) -> str:
     formulations = _unique(r.formulation for r in rows)
     groups = _unique((r.case, r.direction) for r in rows)
     index = {(r.case, r.direction, r.formulation): r for r in rows}
     width = 0.8 / len(formulations)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.9 * len(groups) + 2.2), sharey=True)
+    height = 0.95 * len(groups) + 1.2 + 0.3 * math.ceil(len(formulations) / 3)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(FIGURE_WIDTH, height), sharey=True, layout="constrained"
+    )
     for axis, key, label in ((axes[0], "ms", "time (ms)"), (axes[1], "peak_mib", "peak (MiB)")):
         values = [v for r in rows if (v := getattr(r, key)) is not None]
         low, high = min(values), max(values)
@@ -141,16 +167,16 @@ def plot(title: str, rows: list[Row]) -> str:
             for bar, (case, direction) in zip(bars, groups):
                 row = index.get((case, direction, formulation))
                 if row is not None and row.status == "out of memory":
-                    axis.text(low, bar.get_y() + width / 2, " OOM", va="center", fontsize=7)
+                    axis.text(low, bar.get_y() + width / 2, " OOM", va="center", fontsize=9)
         axis.set_xscale("log")
         axis.set_xlim(low / 2, high * 2)
         axis.set_xlabel(label + ", log scale")
         axis.grid(axis="x", which="major", alpha=0.3)
-    axes[0].set_yticks(range(len(groups)), [f"{c}\n{d}" for c, d in groups], fontsize=8)
+    axes[0].set_yticks(range(len(groups)), [f"{c}\n{d}" for c, d in groups])
     axes[0].invert_yaxis()
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # Below the panels, where it hides no bar.
+    fig.legend(loc="outside lower center", ncol=3, handles=axes[0].get_legend_handles_labels()[0])
+    fig.suptitle(textwrap.fill(title, 90))
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
@@ -222,13 +248,20 @@ def bench_plot(doc: dict) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matplotlib.rcParams.update({"svg.hashsalt": "nonlocal-block", "svg.fonttype": "none"})
+    with matplotlib.rc_context(STYLE):
+        return _bench_plot(plt, doc)
+
+
+def _bench_plot(plt, doc: dict) -> str:
+    from matplotlib.lines import Line2D
+
     rows = [r for r in doc["rows"] if r["name"].startswith("sweep") and r["status"] == "ok"]
     series: dict[tuple, list[dict]] = {}
     for r in rows:
         series.setdefault((r["instantiation"], r["impl"], r["backward"], r["dtype"]), []).append(r)
     order = INSTANTIATIONS
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    dtypes = sorted({r["dtype"] for r in rows}, key=lambda d: (d != "float32", d))
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 6.0), layout="constrained")
     ranked = sorted(series.items(), key=lambda kv: (order.index(kv[0][0]), *map(str, kv[0][1:])))
     for (inst, impl, backward, dtype), rs in ranked:
         rs.sort(key=lambda r: r["N"])
@@ -236,22 +269,36 @@ def bench_plot(doc: dict) -> str:
             "color": f"C{order.index(inst)}",
             "linestyle": "-" if impl == "ours" else "--",
             "marker": "s" if backward else "o",
+            "alpha": 1.0 if dtype == dtypes[0] else 0.5,
         }
-        extras = [x for x in ("fwd+bwd" if backward else "", dtype) if x and x != "float32"]
-        label = ", ".join([inst, impl, *extras])
         ns = [r["N"] for r in rs]
-        axes[0].plot(ns, [r["time_ms"] for r in rs], label=label, **style)
+        axes[0].plot(ns, [r["time_ms"] for r in rs], **style)
         axes[1].plot(ns, [max(r["peak_mib"], 1e-3) for r in rs], **style)
     for axis, title in ((axes[0], "time (ms, median)"), (axes[1], "peak memory (MiB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("N = N' (positions)")
-        axis.set_title(f"{title}: ours solid, naive dashed", fontsize=10)
+        axis.set_title(title)
         axis.grid(True, which="major", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
-    fig.suptitle(doc.get("machine", ""), fontsize=9)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    # One entry per colour, line style and marker instead of one per series: 16 series would
+    # need a legend as large as the plots.
+    present = {key[0] for key in series}
+    handles = [
+        Line2D([], [], color=f"C{k}", linewidth=3, label=inst)
+        for k, inst in enumerate(order)
+        if inst in present
+    ]
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="ours"),
+        Line2D([], [], color="black", linestyle="--", label="naive"),
+        Line2D([], [], color="black", linestyle="", marker="o", label="forward"),
+        Line2D([], [], color="black", linestyle="", marker="s", label="forward+backward"),
+    ]
+    handles += [
+        Line2D([], [], color="black", alpha=0.5, linewidth=3, label=dtype) for dtype in dtypes[1:]
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4)
+    fig.suptitle(textwrap.fill(doc.get("machine", ""), 90), fontsize=11)
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)

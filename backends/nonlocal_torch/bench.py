@@ -278,38 +278,52 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweep = [r for r in rows if r["name"].startswith("sweep") and r["status"] == "ok"]
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
-    series: dict[tuple, list[dict]] = {}
-    for r in sweep:
-        series.setdefault((r["instantiation"], r["impl"], r["dtype"], r["backward"]), []).append(r)
-    colours = dict(zip(("gaussian", "embedded_gaussian", "dot_product", "concatenation"), "bgrm"))
-    for (inst, impl, dtype, bwd), rs in sorted(series.items()):
-        rs.sort(key=lambda r: r["N"])
-        label = f"{inst} {impl} {dtype}{' fwd+bwd' if bwd else ''}"
-        style = {
-            "color": colours[inst],
-            "linestyle": "-" if impl == "ours" else "--",
-            "marker": "s" if bwd else "o",
-            "alpha": 0.6 if dtype == "bfloat16" else 1.0,
-        }
-        ns = [r["N"] for r in rs]
-        ax_t.plot(ns, [r["time_ms"] for r in rs], label=label, **style)
-        ax_m.plot(ns, [max(r["peak_mib"], 1e-3) for r in rs], **style)
-    ns = sorted({r["N"] for r in sweep})
-    if ns:
-        ax_m.plot(ns, [n * n * 4 / MIB for n in ns], ":", color="black", label="N x N' float32")
-    for ax, title in ((ax_t, "time (ms, median)"), (ax_m, "peak memory (MiB)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("N (= N')")
-        ax.set_title(f"{title}: ours solid, naive dashed")
-        ax.grid(True, which="both", alpha=0.3)
-    ax_t.legend(fontsize=6)
-    ax_m.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    # The sizes of the documentation's figures (scripts/plot_benchmarks.py, STYLE), so this
+    # quick look reads the same when shown at a page's width.
+    sizes = {
+        "font.size": 12,
+        "axes.titlesize": 13,
+        "axes.labelsize": 12,
+        "xtick.labelsize": 11,
+        "ytick.labelsize": 11,
+        "legend.fontsize": 10,
+    }
+    with matplotlib.rc_context(sizes):
+        sweep = [r for r in rows if r["name"].startswith("sweep") and r["status"] == "ok"]
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 7), layout="constrained")
+        series: dict[tuple, list[dict]] = {}
+        for r in sweep:
+            key = (r["instantiation"], r["impl"], r["dtype"], r["backward"])
+            series.setdefault(key, []).append(r)
+        insts = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+        colours = dict(zip(insts, "bgrm"))
+        for (inst, impl, dtype, bwd), rs in sorted(series.items()):
+            rs.sort(key=lambda r: r["N"])
+            label = f"{inst} {impl} {dtype}{' fwd+bwd' if bwd else ''}"
+            style = {
+                "color": colours[inst],
+                "linestyle": "-" if impl == "ours" else "--",
+                "marker": "s" if bwd else "o",
+                "alpha": 0.6 if dtype == "bfloat16" else 1.0,
+            }
+            ns = [r["N"] for r in rs]
+            ax_t.plot(ns, [r["time_ms"] for r in rs], label=label, **style)
+            ax_m.plot(ns, [max(r["peak_mib"], 1e-3) for r in rs], **style)
+        ns = sorted({r["N"] for r in sweep})
+        if ns:
+            ax_m.plot(ns, [n * n * 4 / MIB for n in ns], ":", color="black", label="N x N' float32")
+        for ax, title in ((ax_t, "time (ms, median)"), (ax_m, "peak memory (MiB)")):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("N (= N')")
+            ax.set_title(f"{title}: ours solid, naive dashed")
+            ax.grid(True, which="both", alpha=0.3)
+        # Below the panels: one entry per series would cover the lines inside them.
+        handles = ax_t.get_legend_handles_labels()[0] + ax_m.get_legend_handles_labels()[0]
+        if handles:
+            fig.legend(handles=handles, loc="outside lower center", ncol=3)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
 
 
 # Command line ------------------------------------------------------------------------------
