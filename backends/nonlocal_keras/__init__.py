@@ -9,6 +9,7 @@ Example:
     (None, 16, 16, 64)
 """
 
+from .attention import AttentionMaps, capture_attention
 from .layer import NonLocalBlock
 
-__all__ = ["NonLocalBlock"]
+__all__ = ["AttentionMaps", "NonLocalBlock", "capture_attention"]

@@ -8,16 +8,19 @@ Example:
     torch.Size([2, 64, 16, 16])
 """
 
+from .attention import AttentionMaps, capture_attention
 from .block import NonLocal1d, NonLocal2d, NonLocal3d, NonLocalBlock
 from .functional import attention_matrix, nonlocal_attention
 from .onnx import export_onnx
 
 __all__ = [
+    "AttentionMaps",
     "NonLocal1d",
     "NonLocal2d",
     "NonLocal3d",
     "NonLocalBlock",
     "attention_matrix",
+    "capture_attention",
     "export_onnx",
     "nonlocal_attention",
 ]

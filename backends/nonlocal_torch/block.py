@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,12 @@ class NonLocalBlock(nn.Module):
         >>> block.eval()(x, return_attention=True)[1].shape  # (B, N, N'), keys pooled 2x2
         torch.Size([2, 64, 16])
     """
+
+    # Set by `nonlocal_torch.capture_attention` on the instance while it runs: every eager
+    # call then hands its (B, N, N') attention to this callable and returns z as usual. A
+    # class attribute, so blocks pickled before it existed load, and the normal path costs
+    # one attribute read.
+    _attention_sink: Callable[[Tensor], None] | None = None
 
     def __init__(
         self,
@@ -414,6 +420,8 @@ class NonLocalBlock(nn.Module):
             key_mask = _fx_default(key_mask, "key_mask", None)
             return_attention = _fx_default(return_attention, "return_attention", False)
         return_attention = require_flag(return_attention, "return_attention")
+        # An FX graph holds proxies, not attention values, so it is never handed to a sink.
+        sink = None if fx_graph else self._attention_sink
         if not fx_graph:
             # FX proxies have no device, dtype or shape to check until the graph runs.
             # Compilers and exporters do run these checks: on their symbolic sizes a check
@@ -453,7 +461,7 @@ class NonLocalBlock(nn.Module):
             cfg.scale,
             None if self.concat is None else self.concat.weight[0],
             mask,
-            return_attention,
+            return_attention or sink is not None,
             self.strategy,
         )
         y, attention = out[0], out[1]
@@ -472,6 +480,8 @@ class NonLocalBlock(nn.Module):
             u = self._normalise(u)
         z = u + x_cf if cfg.residual else u
         z = z.movedim(1, -1).contiguous() if channels_last else _in_format_of(z, x)
+        if sink is not None:
+            sink(attention)
         return (z, attention) if return_attention else z
 
     def extra_repr(self) -> str:

@@ -1,0 +1,144 @@
+"""`capture_attention`: every non-local block's attention during ordinary forward passes.
+
+Looking at what a block attends to used to mean a forward hook that called the block again
+with ``return_attention=True`` - from inside the block's own call, which recursed. Here the
+blocks hand over the (B, N, N') matrix they compute anyway: while the context is open, each
+block of the model materialises its attention (the ``"pairwise"`` strategy) and passes it to
+a sink set on the block; the model's outputs are what they would be otherwise (up to the
+last bits, as between any two of the block's exact strategies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .block import NonLocalBlock
+
+_KEEP = ("last", "all")
+
+
+class AttentionMaps(Mapping):
+    """Module path -> the attention a_ij, ``(B, N, N')``, of the block at that path.
+
+    A read-only mapping filled by `capture_attention` as the blocks run: by default each
+    value is the block's last call's matrix (detached, on the block's device, in its compute
+    dtype); with ``keep="all"`` it is the list of every call's, oldest first. Blocks that
+    have not run are absent. `paths` lists every block the capture watches.
+    """
+
+    def __init__(self, paths: tuple[str, ...], keep: str) -> None:
+        self.paths = paths
+        self.keep = keep
+        self._maps: dict[str, Any] = {}
+
+    def __getitem__(self, path: str) -> Any:
+        try:
+            return self._maps[path]
+        except KeyError:
+            ran = sorted(self._maps) or "none yet"
+            raise KeyError(
+                f"no attention for {path!r}: the blocks watched are {list(self.paths)}, and "
+                f"those that have run are {ran}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._maps)
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def __repr__(self) -> str:
+        shapes = {
+            path: tuple(value.shape) if isinstance(value, Tensor) else f"{len(value)} calls"
+            for path, value in self._maps.items()
+        }
+        return f"AttentionMaps({shapes})"
+
+    def _store(self, path: str, attention: Tensor) -> None:
+        attention = attention.detach()
+        if self.keep == "last":
+            self._maps[path] = attention
+        else:
+            self._maps.setdefault(path, []).append(attention)
+
+
+@contextlib.contextmanager
+def capture_attention(model: nn.Module, *, keep: str = "last") -> Iterator[AttentionMaps]:
+    """Capture the attention of every `NonLocalBlock` in `model` while the context is open.
+
+    Yields an `AttentionMaps`: module path (as in ``model.named_modules()``, e.g.
+    ``"layer3.4.nonlocal_block"``) -> the ``(B, N, N')`` attention of that block's last call
+    (``keep="last"``, the default), or the list of every call's (``keep="all"``). The maps
+    are detached, so they keep no autograd graph alive, and they stay readable after the
+    context closes. The model runs as usual - any number of calls, training or eval, with or
+    without gradients - except that the blocks materialise their attention (the
+    ``"pairwise"`` strategy: N x N' memory per block). Nested captures both receive the
+    maps. On exit, even by an exception, every block is as it was.
+
+    Eager execution only: a block running inside ``torch.compile`` or ``torch.export``
+    raises a RuntimeError naming it; capture with the eager module.
+
+    Example:
+        >>> from nonlocal_torch import NonLocal2d
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), NonLocal2d(8, subsample=True))
+        >>> with capture_attention(net) as maps:
+        ...     z = net(torch.randn(2, 3, 10, 10))
+        >>> maps["1"].shape  # N = 8 * 8 queries, N' = 4 * 4 pooled keys
+        torch.Size([2, 64, 16])
+        >>> list(maps), maps["1"].requires_grad
+        (['1'], False)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}: capture_attention "
+            "watches the NonLocalBlock modules inside it"
+        )
+    if keep not in _KEEP:
+        raise ValueError(
+            f"keep={keep!r} is invalid: expected 'last' (each block's last call) or 'all' "
+            "(a list of every call's)"
+        )
+    blocks = [(path, m) for path, m in model.named_modules() if isinstance(m, NonLocalBlock)]
+    if not blocks:
+        raise ValueError(
+            f"model ({type(model).__name__}) holds no NonLocalBlock: expected a network with "
+            "non-local blocks (see nonlocal_torch.insert_nonlocal)"
+        )
+    maps = AttentionMaps(tuple(path for path, _ in blocks), keep)
+    # Each block's own sink, if any (a capture already open), to chain to and restore.
+    saved = [(block, vars(block).get("_attention_sink", _UNSET)) for _, block in blocks]
+    try:
+        for path, block in blocks:
+            block._attention_sink = _Sink(maps, path, block._attention_sink)
+        yield maps
+    finally:
+        for block, previous in reversed(saved):
+            if previous is _UNSET:
+                vars(block).pop("_attention_sink", None)
+            else:
+                block._attention_sink = previous
+
+
+_UNSET = object()
+
+
+class _Sink:
+    """Stores one block's attention in `maps` under `path`, then passes it on to the sink of
+    an enclosing capture, if any."""
+
+    def __init__(self, maps: AttentionMaps, path: str, previous: Any) -> None:
+        self.maps, self.path, self.previous = maps, path, previous
+
+    def __call__(self, attention: Tensor) -> None:
+        if torch.compiler.is_exporting():
+            # An exported program has no place for a Python side effect: what would be
+            # stored here is a tracing placeholder, not values.
+            return
+        self.maps._store(self.path, attention)
+        if self.previous is not None:
+            self.previous(attention)
