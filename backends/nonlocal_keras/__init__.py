@@ -10,6 +10,7 @@ Example:
 """
 
 from .attention import AttentionMaps, capture_attention
+from .insert import insert_nonlocal
 from .layer import NonLocalBlock
 
-__all__ = ["AttentionMaps", "NonLocalBlock", "capture_attention"]
+__all__ = ["AttentionMaps", "NonLocalBlock", "capture_attention", "insert_nonlocal"]

@@ -11,6 +11,7 @@ Example:
 from .attention import AttentionMaps, capture_attention
 from .block import NonLocal1d, NonLocal2d, NonLocal3d, NonLocalBlock
 from .functional import attention_matrix, nonlocal_attention
+from .insert import insert_nonlocal
 from .onnx import export_onnx
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "attention_matrix",
     "capture_attention",
     "export_onnx",
+    "insert_nonlocal",
     "nonlocal_attention",
 ]
