@@ -313,7 +313,10 @@ class NonLocalBlock(nn.Module):
                 )
             return
         if not t.is_floating_point():
-            raise InputError(f"{name} has dtype {t.dtype}: expected a floating-point tensor")
+            hint = f"; convert it first, e.g. {name}.float()" if not t.is_complex() else ""
+            raise InputError(
+                f"{name} has dtype {t.dtype}: expected a floating-point tensor{hint} (spec IO-3)"
+            )
         autocast = torch.is_autocast_enabled(t.device.type)
         if t.dtype != reference.dtype and not autocast:
             raise InputError(

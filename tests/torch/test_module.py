@@ -172,8 +172,12 @@ def test_wrong_dtype(small):
     block, x = small
     with pytest.raises(InputError, match=r"x has dtype torch.float64, but the block's param"):
         block(x.double())
-    with pytest.raises(InputError, match=r"x has dtype torch\.int64: expected a floating-point"):
-        block(torch.ones(2, 4, 6, 6, dtype=torch.long))
+    # spec: IO-3 (integers are refused with the conversion to make, never cast silently)
+    integer = r"x has dtype torch\.uint8: expected a floating-point tensor; convert it first"
+    with pytest.raises(InputError, match=integer + r", e\.g\. x\.float\(\)"):
+        block(torch.ones(2, 4, 6, 6, dtype=torch.uint8))
+    with pytest.raises(InputError, match=r"context has dtype torch\.int64: expected a float"):
+        block(x, context=torch.ones(2, 4, 6, 6, dtype=torch.long))
     with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got ndarray"):
         block(x.numpy())
 
