@@ -15,18 +15,19 @@ naming the block.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 import numpy as np
 
+from nonlocal_core.attention_maps import AttentionMaps as _CoreMaps
+from nonlocal_core.attention_maps import check_keep
+
 from .layer import NonLocalBlock, to_numpy
 
-_KEEP = ("last", "all")
 
-
-class AttentionMaps(Mapping):
+class AttentionMaps(_CoreMaps):
     """Layer path -> the attention a_ij, ``(B, N, N')`` NumPy array, of the block there.
 
     A read-only mapping filled by `capture_attention` as the blocks run: by default each
@@ -35,37 +36,9 @@ class AttentionMaps(Mapping):
     have not run are absent. `paths` lists every block the capture watches.
     """
 
-    def __init__(self, paths: tuple[str, ...], keep: str) -> None:
-        self.paths = paths
-        self.keep = keep
-        self._maps: dict[str, Any] = {}
-
-    def __getitem__(self, path: str) -> Any:
+    def convert(self, path: str, attention: Any) -> np.ndarray:
         try:
-            return self._maps[path]
-        except KeyError:
-            ran = sorted(self._maps) or "none yet"
-            raise KeyError(
-                f"no attention for {path!r}: the blocks watched are {list(self.paths)}, and "
-                f"those that have run are {ran}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._maps)
-
-    def __len__(self) -> int:
-        return len(self._maps)
-
-    def __repr__(self) -> str:
-        shapes = {
-            path: value.shape if isinstance(value, np.ndarray) else f"{len(value)} calls"
-            for path, value in self._maps.items()
-        }
-        return f"AttentionMaps({shapes})"
-
-    def _store(self, path: str, attention: Any) -> None:
-        try:
-            value = to_numpy(attention)
+            return to_numpy(attention)
         except Exception as exc:  # each backend fails differently on a symbolic tensor
             raise RuntimeError(
                 f"capture_attention: the block {path!r} ran traced (inside tf.function, "
@@ -73,10 +46,6 @@ class AttentionMaps(Mapping):
                 f"({type(attention).__name__}): call the model eagerly, model(x), or compile "
                 "it with run_eagerly=True before predict"
             ) from exc
-        if self.keep == "last":
-            self._maps[path] = value
-        else:
-            self._maps.setdefault(path, []).append(value)
 
 
 @contextlib.contextmanager
@@ -108,11 +77,7 @@ def capture_attention(model: keras.layers.Layer, *, keep: str = "last") -> Itera
             f"model must be a Keras model or layer, got {type(model).__name__}: "
             "capture_attention watches the NonLocalBlock layers inside it"
         )
-    if keep not in _KEEP:
-        raise ValueError(
-            f"keep={keep!r} is invalid: expected 'last' (each block's last call) or 'all' "
-            "(a list of every call's)"
-        )
+    check_keep(keep)
     blocks = list(_blocks(model, ""))
     if not blocks:
         raise ValueError(
@@ -155,6 +120,6 @@ class _Sink:
         self.maps, self.path, self.previous = maps, path, previous
 
     def __call__(self, attention: Any) -> None:
-        self.maps._store(self.path, attention)
+        self.maps.store(self.path, attention)
         if self.previous is not None:
             self.previous(attention)

@@ -11,18 +11,19 @@ last bits, as between any two of the block's exact strategies).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nonlocal_core.attention_maps import AttentionMaps as _CoreMaps
+from nonlocal_core.attention_maps import check_keep
+
 from .block import NonLocalBlock
 
-_KEEP = ("last", "all")
 
-
-class AttentionMaps(Mapping):
+class AttentionMaps(_CoreMaps):
     """Module path -> the attention a_ij, ``(B, N, N')``, of the block at that path.
 
     A read-only mapping filled by `capture_attention` as the blocks run: by default each
@@ -31,40 +32,8 @@ class AttentionMaps(Mapping):
     have not run are absent. `paths` lists every block the capture watches.
     """
 
-    def __init__(self, paths: tuple[str, ...], keep: str) -> None:
-        self.paths = paths
-        self.keep = keep
-        self._maps: dict[str, Any] = {}
-
-    def __getitem__(self, path: str) -> Any:
-        try:
-            return self._maps[path]
-        except KeyError:
-            ran = sorted(self._maps) or "none yet"
-            raise KeyError(
-                f"no attention for {path!r}: the blocks watched are {list(self.paths)}, and "
-                f"those that have run are {ran}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._maps)
-
-    def __len__(self) -> int:
-        return len(self._maps)
-
-    def __repr__(self) -> str:
-        shapes = {
-            path: tuple(value.shape) if isinstance(value, Tensor) else f"{len(value)} calls"
-            for path, value in self._maps.items()
-        }
-        return f"AttentionMaps({shapes})"
-
-    def _store(self, path: str, attention: Tensor) -> None:
-        attention = attention.detach()
-        if self.keep == "last":
-            self._maps[path] = attention
-        else:
-            self._maps.setdefault(path, []).append(attention)
+    def convert(self, path: str, attention: Tensor) -> Tensor:
+        return attention.detach()
 
 
 @contextlib.contextmanager
@@ -98,11 +67,7 @@ def capture_attention(model: nn.Module, *, keep: str = "last") -> Iterator[Atten
             f"model must be a torch.nn.Module, got {type(model).__name__}: capture_attention "
             "watches the NonLocalBlock modules inside it"
         )
-    if keep not in _KEEP:
-        raise ValueError(
-            f"keep={keep!r} is invalid: expected 'last' (each block's last call) or 'all' "
-            "(a list of every call's)"
-        )
+    check_keep(keep)
     blocks = [(path, m) for path, m in model.named_modules() if isinstance(m, NonLocalBlock)]
     if not blocks:
         raise ValueError(
@@ -139,6 +104,6 @@ class _Sink:
             # An exported program has no place for a Python side effect: what would be
             # stored here is a tracing placeholder, not values.
             return
-        self.maps._store(self.path, attention)
+        self.maps.store(self.path, attention)
         if self.previous is not None:
             self.previous(attention)
