@@ -40,40 +40,19 @@ from keras import ops
 
 from nonlocal_core import NonLocalConfig
 
+# The names are shared by every backend (re-exported here, where they are implemented).
+from nonlocal_core.strategy_names import ALLOWED_STRATEGIES as ALLOWED_STRATEGIES
+from nonlocal_core.strategy_names import STRATEGIES as STRATEGIES
+from nonlocal_core.strategy_names import check_strategy as check_strategy
+
 from . import functional as F
 
-STRATEGIES = ("auto", "sdpa", "chunked", "associative", "sorted", "pairwise")
-ALLOWED_STRATEGIES = {
-    "embedded_gaussian": ("auto", "sdpa", "chunked", "pairwise"),
-    "gaussian": ("auto", "sdpa", "chunked", "pairwise"),
-    "dot_product": ("auto", "associative", "pairwise"),
-    "concatenation": ("auto", "sorted", "pairwise"),
-}
 # Logits per query chunk of the chunked softmax, per batch item (16 MiB in float32).
 CHUNK_ELEMENTS = 1 << 22
 # Queries per chunk when N' is not known while tracing.
 DEFAULT_CHUNK = 256
 # ``auto`` materialises the (B, N, N') matrix only while N x N' stays at or below this.
 PAIRWISE_LIMIT = 1 << 20
-
-
-def check_strategy(strategy: object, instantiation: str) -> str:
-    """`strategy`, if `instantiation` can run it; a ValueError naming the options if not.
-
-    Example:
-        >>> check_strategy("sorted", "concatenation")
-        'sorted'
-        >>> check_strategy("sorted", "dot_product")
-        Traceback (most recent call last):
-        ...
-        ValueError: strategy='sorted' is invalid for dot_product: expected one of ('auto', 'associative', 'pairwise')
-    """  # noqa: E501
-    allowed = ALLOWED_STRATEGIES[instantiation]
-    if not isinstance(strategy, str) or strategy not in allowed:
-        raise ValueError(
-            f"strategy={strategy!r} is invalid for {instantiation}: expected one of {allowed}"
-        )
-    return strategy
 
 
 def _on_gpu() -> bool:

@@ -33,13 +33,11 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-STRATEGIES = ("auto", "sdpa", "chunked", "associative", "sorted", "pairwise")
-ALLOWED_STRATEGIES = {
-    "embedded_gaussian": ("auto", "sdpa", "chunked", "pairwise"),
-    "gaussian": ("auto", "sdpa", "chunked", "pairwise"),
-    "dot_product": ("auto", "associative", "pairwise"),
-    "concatenation": ("auto", "sorted", "pairwise"),
-}
+# The names are shared by every backend (re-exported here, where they are implemented).
+from nonlocal_core.strategy_names import ALLOWED_STRATEGIES as ALLOWED_STRATEGIES
+from nonlocal_core.strategy_names import STRATEGIES as STRATEGIES
+from nonlocal_core.strategy_names import check_strategy as check_strategy
+
 # Elements of one (chunk x N') block of logits in the chunked softmax, per batch item.
 CHUNK_ELEMENTS = 1 << 22
 # The pairwise concatenation is used only while its (B, N, N') matrix stays below this.
@@ -98,25 +96,6 @@ def is_tracing(*tensors: object) -> bool:
                 if type(size) is not int:
                     return True
     return False
-
-
-def check_strategy(strategy: str, instantiation: str) -> str:
-    """`strategy`, if it is one `instantiation` can run; a ValueError naming the options if not.
-
-    Example:
-        >>> check_strategy("sorted", "concatenation")
-        'sorted'
-        >>> check_strategy("sorted", "dot_product")
-        Traceback (most recent call last):
-        ...
-        ValueError: strategy='sorted' is invalid for dot_product: expected one of ('auto', 'associative', 'pairwise')
-    """  # noqa: E501
-    allowed = ALLOWED_STRATEGIES[instantiation]
-    if not isinstance(strategy, str) or strategy not in allowed:
-        raise ValueError(
-            f"strategy={strategy!r} is invalid for {instantiation}: expected one of {allowed}"
-        )
-    return strategy
 
 
 def choose_strategy(
