@@ -218,7 +218,7 @@ def run_case(case: Case, impl: str, repeats: int, naive_limit_gib: float) -> dic
     row["time_ms"] = round(_time_ms(step, repeats), 3)
     extra = peak_rss_mib(step)
     row["extra_mib"] = None if extra is None else round(extra, 1)
-    row["strategy"] = _chosen(block, case) if impl == "auto" else "pairwise"
+    row["strategy"] = _chosen(block, case) if impl == "auto" else impl
     row["status"] = "ok"
     return row
 

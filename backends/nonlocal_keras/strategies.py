@@ -221,6 +221,10 @@ def _chunked_softmax(chunk: int, scale: float):
 
     @ops.custom_gradient
     def attend(theta, phi, g, valid):
+        # The gradient is `grad` below. Cut the forward from the inputs so that no autodiff
+        # records it: TensorFlow's eager tape would otherwise keep every chunk's logits and
+        # probabilities alive until the backward pass, N x N' in all.
+        theta, phi, g = ops.stop_gradient(theta), ops.stop_gradient(phi), ops.stop_gradient(g)
         # Scalars, not `full_like(-inf)`: tf2onnx writes that as 0 x -inf (NaN).
         bias = ops.cast(ops.where(valid > 0, 0.0, float("-inf")), valid.dtype)
         padded, count = chunks_of(theta)
