@@ -15,6 +15,9 @@ MODULES = [
     "nonlocal_torch.strategies",
     "nonlocal_torch.formulations",
     "nonlocal_torch.sidebyside",
+    "nonlocal_torch.insert",
+    "nonlocal_torch.attention",
+    "nonlocal_torch.demo",
 ]
 
 
