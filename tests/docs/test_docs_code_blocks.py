@@ -36,6 +36,8 @@ REQUIREMENTS: dict[str, tuple[str | None, tuple[str, ...] | None]] = {
     # Torch and Keras side by side: Keras on PyTorch, so one framework is imported.
     "checkpoints.md": ("nonlocal_torch.NonLocalBlock", ("torch",)),
     "export.md": ("nonlocal_torch.export_onnx", None),
+    # Torch and Keras side by side, as checkpoints.md.
+    "insertion.md": ("nonlocal_torch.insert_nonlocal", ("torch",)),
 }
 # Pages that must keep executable examples: a page losing its blocks would pass vacuously.
 MUST_HAVE_BLOCKS = {
@@ -46,6 +48,7 @@ MUST_HAVE_BLOCKS = {
     "conformance.md": 2,
     "checkpoints.md": 6,
     "export.md": 7,
+    "insertion.md": 9,
 }
 # Pages that must keep showing (checked) outputs: losing them would pass vacuously too.
 MUST_SHOW_OUTPUTS = {
@@ -55,6 +58,7 @@ MUST_SHOW_OUTPUTS = {
     "conformance.md": 1,
     "checkpoints.md": 7,
     "export.md": 20,
+    "insertion.md": 12,
 }
 
 
