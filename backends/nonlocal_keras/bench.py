@@ -9,16 +9,16 @@ own. "naive" is the same layer with ``strategy="pairwise"``: the (B, N, N') matr
 layer computed every instantiation but the dot product before this version.
 
 Time is the median over repeats after a warm-up call (JAX: one jitted program per pass;
-TensorFlow and PyTorch: eager). Peak memory is the growth of the process's resident set
-during one call over what it held before it (Linux's ``VmHWM``, reset through
+TensorFlow and PyTorch: eager), in a process with the defaults users run with. Peak memory
+comes from a second process: the growth of its resident set during one call (after a
+warm-up call) over what it held before (Linux's ``VmHWM``, reset through
 ``/proc/self/clear_refs``), so it counts every allocator: TensorFlow's, XLA's, PyTorch's.
-The measuring processes run with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB: every
-larger buffer is mapped on allocation and unmapped on release, so memory a warm-up call
-freed is not silently reused by the measured one (by default glibc raises the threshold to
-32 MiB after the first release and keeps such buffers in its heap). TensorFlow runs there
-with ``TF_ENABLE_ONEDNN_OPTS=0``: oneDNN's kernels keep released buffers in a pool of their
-own, which would hide every peak after the first call (its times are then those of
-TensorFlow's own kernels).
+That process fixes glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB, so that every larger
+buffer is mapped on allocation and unmapped on release (by default glibc raises the
+threshold to 32 MiB after the first release and keeps such buffers in its heap, where the
+measured call would silently reuse them), and sets ``TF_ENABLE_ONEDNN_OPTS=0`` (oneDNN's
+kernels keep released buffers in a pool of their own, which would hide every peak after
+the first call).
 Prints tables, writes ``bench.json``, ``bench.md`` and a log-log plot ``bench.png`` into
 ``--out``. There are no timing assertions anywhere: numbers are for reading.
 """
@@ -204,8 +204,11 @@ def step_function(case: Case, block: NonLocalBlock, x) -> Callable[[], object]:
     return torch_step
 
 
-def run_case(case: Case, impl: str, repeats: int, naive_limit_gib: float) -> dict:
-    """One row: time_ms, extra_mib, the strategy ``auto`` chose, and the status."""
+def run_case(
+    case: Case, impl: str, repeats: int, naive_limit_gib: float, measure: str = "both"
+) -> dict:
+    """One row: time_ms, extra_mib (each None unless `measure` asks for it: ``"time"``,
+    ``"memory"`` or ``"both"``), the strategy that ran, and the status."""
     row = {**dataclasses.asdict(case), "impl": impl, "N": case.num_positions}
     row.update(backend=keras.backend.backend(), time_ms=None, extra_mib=None)
     if impl == "pairwise" and naive_bytes(case) > naive_limit_gib * 2**30:
@@ -215,9 +218,12 @@ def run_case(case: Case, impl: str, repeats: int, naive_limit_gib: float) -> dic
     block = case.block(impl)
     x = np.random.default_rng(0).normal(size=(1, case.side, case.side, case.channels))
     step = step_function(case, block, x.astype("float32"))
-    row["time_ms"] = round(_time_ms(step, repeats), 3)
-    extra = peak_rss_mib(step)
-    row["extra_mib"] = None if extra is None else round(extra, 1)
+    if measure in ("time", "both"):
+        row["time_ms"] = round(_time_ms(step, repeats), 3)
+    if measure in ("memory", "both"):
+        step()  # warm-up: compiling and first-call caches are not the block's memory
+        extra = peak_rss_mib(step)
+        row["extra_mib"] = None if extra is None else round(extra, 1)
     row["strategy"] = _chosen(block, case) if impl == "auto" else impl
     row["status"] = "ok"
     return row
@@ -343,7 +349,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _measure_here(mode: str, naive_limit_gib: float) -> list[dict]:
+def _measure_here(mode: str, naive_limit_gib: float, measure: str = "both") -> list[dict]:
     if mode == "smoke":
         todo, repeats = cases([4], 8), 1
     else:
@@ -353,7 +359,7 @@ def _measure_here(mode: str, naive_limit_gib: float) -> list[dict]:
         for impl in IMPLS:
             # One timed call at the largest size: each takes seconds there on a CPU.
             times = 1 if case.num_positions > 4096 else repeats
-            row = run_case(case, impl, times, naive_limit_gib)
+            row = run_case(case, impl, times, naive_limit_gib, measure)
             rows.append(row)
             print(
                 f"{row['backend']:10s} {case.instantiation:18s} N={case.num_positions:<6d} "
@@ -365,21 +371,30 @@ def _measure_here(mode: str, naive_limit_gib: float) -> list[dict]:
     return rows
 
 
-# A measuring process: glibc maps every buffer above 64 KiB afresh (see the module docstring).
-WORKER_ENV = {
+# The memory-measuring process: glibc maps every buffer above 64 KiB afresh, and TensorFlow's
+# oneDNN pool is off (see the module docstring). Times come from a process with the
+# defaults users run with.
+MEMORY_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "65536",
     "TF_ENABLE_ONEDNN_OPTS": "0",
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
+TIME_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _measure_elsewhere(backend: str, mode: str, naive_limit_gib: float) -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "nonlocal_keras.bench", "--worker", "--out", tmp]
-        command += ["--mode", mode, "--naive-limit-gib", str(naive_limit_gib)]
-        env = {**os.environ, **WORKER_ENV, "KERAS_BACKEND": backend}
-        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-        return json.loads((Path(tmp) / "bench.json").read_text())["rows"]
+    """Times from one process, peak memory from another, on `backend`: one row per case."""
+    results = {}
+    for measure, settings in (("time", TIME_ENV), ("memory", MEMORY_ENV)):
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, "-m", "nonlocal_keras.bench", "--worker", measure]
+            command += ["--out", tmp, "--mode", mode, "--naive-limit-gib", str(naive_limit_gib)]
+            env = {**os.environ, **settings, "KERAS_BACKEND": backend}
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+            results[measure] = json.loads((Path(tmp) / "bench.json").read_text())["rows"]
+    for row, memory in zip(results["time"], results["memory"]):
+        row["extra_mib"] = memory["extra_mib"]
+    return results["time"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -402,11 +417,11 @@ def main(argv: list[str] | None = None) -> dict:
         default="benchmarks/results-keras",
     )
     parser.add_argument("--naive-limit-gib", type=_positive, default=6.0)
-    # Internal: measure in this process, on its Keras backend (`_measure_elsewhere`).
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # Internal: measure time or memory in this process, on its Keras backend.
+    parser.add_argument("--worker", choices=("time", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        rows = _measure_here(args.mode, args.naive_limit_gib)
+        rows = _measure_here(args.mode, args.naive_limit_gib, args.worker)
     else:
         rows = [
             r for b in args.backends for r in _measure_elsewhere(b, args.mode, args.naive_limit_gib)
@@ -421,6 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=1))
+    if args.worker:  # half of the measurements: the parent reports them
+        return doc
     (out / "bench.md").write_text(table(rows) + "\n")
     print(table(rows))
     try:

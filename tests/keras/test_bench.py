@@ -65,10 +65,10 @@ def test_training_memory_of_the_chunked_softmax_stays_small():
 
     code = (
         "from nonlocal_keras.bench import Case, run_case\n"
-        "row = run_case(Case('embedded_gaussian', 64, 64, True), 'chunked', 1, 1.0)\n"
+        "row = run_case(Case('embedded_gaussian', 64, 64, True), 'chunked', 1, 1.0, 'memory')\n"
         "print(row['extra_mib'])\n"
     )
-    env = {**os.environ, **bench.WORKER_ENV, "KERAS_BACKEND": BACKEND}
+    env = {**os.environ, **bench.MEMORY_ENV, "KERAS_BACKEND": BACKEND}
     run = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
