@@ -19,6 +19,11 @@ solid, naive dashed) and ``docs/_snippets/perf-NAME.md`` (ours against naive per
     python scripts/plot_benchmarks.py --import benchmarks/results/bench.json \
         --name cpu-sweep --machine "2-core x86-64 VM, 1 thread, torch 2.13.0+cpu"
 
+Each ``docs/assets/perf/NAME.kerasbench.json`` is a document written by
+``python -m nonlocal_keras.bench`` (plus the ``machine`` line; ``--import`` tells the two
+kinds apart); it becomes ``NAME.svg`` (extra peak memory and time against N, one column per
+Keras backend) and ``docs/_snippets/perf-NAME.md`` (auto against the pairwise matrix).
+
 Each ``docs/assets/perf/NAME.sidebyside.json`` is a document written by
 ``python -m nonlocal_torch.sidebyside`` (copied as it is); it becomes
 ``docs/_snippets/perf-NAME.md``: per case and pass, ours against the fastest published
@@ -319,6 +324,137 @@ def bench_outputs(json_path: Path) -> dict[Path, str]:
     }
 
 
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def keras_bench_table(doc: dict) -> str:
+    """A ``nonlocal_keras.bench`` document as Markdown: auto against the pairwise matrix.
+
+    Example:
+        >>> row = {"backend": "jax", "instantiation": "dot_product", "backward": False, "N": 16,
+        ...        "status": "ok"}
+        >>> doc = {"rows": [{**row, "impl": "auto", "strategy": "associative", "time_ms": 1.0,
+        ...                  "extra_mib": 2.0}, {**row, "impl": "pairwise", "time_ms": 3.0,
+        ...                  "extra_mib": 8.0}]}
+        >>> print(keras_bench_table(doc).splitlines()[2])
+        | jax | dot_product | fwd | 16 | associative | 1 / 2 | 3 / 8 | 3x | 4x |
+    """
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in doc["rows"]:
+        keyed.setdefault((r["backend"], r["instantiation"], r["backward"], r["N"]), {})[
+            r["impl"]
+        ] = r
+
+    def cell(r: dict | None) -> str:
+        if r is None or r["status"] != "ok":
+            need = re.search(r"needs ~([\d.]+ GiB)", r["status"]) if r else None
+            return f"not run (needs {need[1]})" if need else "-"
+        return f"{_num(r['time_ms'])} / {_num(r['extra_mib'])}"
+
+    def ratio(r: dict | None, auto: dict | None, field: str) -> str:
+        ok = r and auto and r["status"] == auto["status"] == "ok"
+        if not ok or auto[field] <= 0.05:  # a 0.0 MiB auto: no meaningful ratio
+            return "-"
+        value = r[field] / auto[field]
+        return f"{value:.0f}x" if value >= 10 else f"{value:.2g}x"
+
+    lines = [
+        "| backend | instantiation | pass | N = N' | auto runs | auto ms / MiB "
+        "| pairwise ms / MiB | pairwise / auto time | pairwise / auto memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rank = {name: k for k, name in enumerate(KERAS_BACKENDS + INSTANTIATIONS)}
+    ranked = sorted(keyed.items(), key=lambda kv: (rank[kv[0][0]], rank[kv[0][1]], *kv[0][2:]))
+    for (backend, inst, bwd, n), impls in ranked:
+        auto, naive = impls.get("auto"), impls.get("pairwise")
+        lines.append(
+            f"| {backend} | {inst} | {'fwd+bwd' if bwd else 'fwd'} | {n} | "
+            f"{(auto or {}).get('strategy', '-')} | {cell(auto)} | {cell(naive)} | "
+            f"{ratio(naive, auto, 'time_ms')} | {ratio(naive, auto, 'extra_mib')} |"
+        )
+    return "\n".join(lines)
+
+
+def keras_bench_plot(doc: dict) -> str:
+    """Extra peak memory and time against N, log-log, one column per Keras backend (SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    rows = [r for r in doc["rows"] if r["status"] == "ok"]
+    backends = [b for b in KERAS_BACKENDS if any(r["backend"] == b for r in rows)]
+    with matplotlib.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            2,
+            len(backends),
+            figsize=(FIGURE_WIDTH, 7.5),
+            squeeze=False,
+            sharey="row",
+            layout="constrained",
+        )
+        ns = sorted({r["N"] for r in rows})
+        for col, backend in enumerate(backends):
+            series: dict[tuple, list[dict]] = {}
+            for r in rows:
+                if r["backend"] == backend:
+                    series.setdefault((r["instantiation"], r["impl"], r["backward"]), []).append(r)
+            for (inst, impl, bwd), rs in sorted(series.items()):
+                rs.sort(key=lambda r: r["N"])
+                style = {
+                    "color": f"C{INSTANTIATIONS.index(inst)}",
+                    "linestyle": "-" if impl == "auto" else "--",
+                    "marker": "s" if bwd else "o",
+                }
+                x = [r["N"] for r in rs]
+                axes[0][col].plot(x, [max(r["extra_mib"], 0.1) for r in rs], **style)
+                axes[1][col].plot(x, [r["time_ms"] for r in rs], **style)
+            axes[0][col].plot(ns, [n * n * 4 / 2**20 for n in ns], ":", color="black")
+            axes[0][col].set_title(backend)
+            for row, label in ((0, "extra peak memory (MiB)"), (1, "time (ms, median)")):
+                axis = axes[row][col]
+                axis.set_xscale("log")
+                axis.set_yscale("log")
+                axis.grid(True, which="major", alpha=0.3)
+                if col == 0:
+                    axis.set_ylabel(label)
+            axes[1][col].set_xlabel("N = N'")
+        present = {r["instantiation"] for r in rows}
+        handles = [
+            Line2D([], [], color=f"C{k}", linewidth=3, label=inst)
+            for k, inst in enumerate(INSTANTIATIONS)
+            if inst in present
+        ]
+        handles += [
+            Line2D([], [], color="black", linestyle="-", label="auto"),
+            Line2D([], [], color="black", linestyle="--", label="pairwise"),
+            Line2D([], [], color="black", linestyle=":", label="one N x N' float32 matrix"),
+            Line2D([], [], color="black", linestyle="", marker="o", label="forward"),
+            Line2D([], [], color="black", linestyle="", marker="s", label="forward+backward"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncol=3)
+        fig.suptitle(textwrap.fill(doc.get("machine", ""), 90), fontsize=11)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def keras_bench_outputs(json_path: Path) -> dict[Path, str]:
+    """What a ``NAME.kerasbench.json`` renders to: {output path: text}."""
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    name = json_path.name.removesuffix(".kerasbench.json")
+    header = (
+        f"<!-- generated from docs/assets/perf/{json_path.name} by "
+        f"scripts/plot_benchmarks.py -->\n*{doc['machine']}; ms (median) / extra peak MiB*\n\n"
+    )
+    return {
+        json_path.with_name(f"{name}.svg"): keras_bench_plot(doc),
+        SNIPPETS / f"perf-{name}.md": header + keras_bench_table(doc) + "\n",
+    }
+
+
 def sidebyside_table(doc: dict) -> str:
     """One line per case and pass of a ``python -m nonlocal_torch.sidebyside`` document: ours,
     the fastest published formulation, and their ratio (<= 1: ours at least at parity).
@@ -385,10 +521,12 @@ def sidebyside_outputs(json_path: Path) -> dict[Path, str]:
 
 
 def import_bench(source: Path, name: str, machine: str) -> Path:
-    """Copy a bench document into docs/assets/perf as NAME.bench.json, adding `machine`."""
+    """Copy a bench document into docs/assets/perf as NAME.bench.json (NAME.kerasbench.json
+    for one of ``nonlocal_keras.bench``), adding `machine`."""
     doc = json.loads(source.read_text(encoding="utf-8"))
     doc["machine"] = machine
-    target = PERF / f"{name}.bench.json"
+    kind = "kerasbench" if "keras" in doc else "bench"
+    target = PERF / f"{name}.{kind}.json"
     target.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return target
 
@@ -425,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         rendered.update(outputs(csv_path))
     for json_path in sorted(PERF.glob("*.bench.json")):
         rendered.update(bench_outputs(json_path))
+    for json_path in sorted(PERF.glob("*.kerasbench.json")):
+        rendered.update(keras_bench_outputs(json_path))
     for json_path in sorted(PERF.glob("*.sidebyside.json")):
         rendered.update(sidebyside_outputs(json_path))
     for path, text in rendered.items():

@@ -143,6 +143,7 @@ def test_performance_plots_and_tables_are_current():
     perf = DOCS / "assets" / "perf"
     names = [p.stem for p in perf.glob("*.csv")]
     names += [p.name.removesuffix(".bench.json") for p in perf.glob("*.bench.json")]
+    names += [p.name.removesuffix(".kerasbench.json") for p in perf.glob("*.kerasbench.json")]
     assert names, "the performance page has no results"
     for name in names:
         assert f'--8<-- "docs/_snippets/perf-{name}.md"' in page, name
