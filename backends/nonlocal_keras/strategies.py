@@ -49,8 +49,9 @@ from . import functional as F
 
 # Logits per query chunk of the chunked softmax, per batch item (16 MiB in float32).
 CHUNK_ELEMENTS = 1 << 22
-# Queries per chunk when N' is not known while tracing.
+# Queries per chunk when N' is not known while tracing, and at most when N is not.
 DEFAULT_CHUNK = 256
+MAX_UNKNOWN_CHUNK = 1024
 # ``auto`` materialises the (B, N, N') matrix only while N x N' stays at or below this.
 PAIRWISE_LIMIT = 1 << 20
 
@@ -155,14 +156,19 @@ def choose_strategy(
 
 
 def chunk_size(num_queries: int | None, num_keys: int | None) -> int:
-    """Queries per chunk: `CHUNK_ELEMENTS` logits per batch item, at most N.
+    """Queries per chunk: `CHUNK_ELEMENTS` logits per batch item, at most N; at most
+    `MAX_UNKNOWN_CHUNK` when N is unknown (the queries are padded by one chunk).
 
     Example:
         >>> chunk_size(16384, 16384), chunk_size(100, 4), chunk_size(None, None)
         (256, 100, 256)
+        >>> chunk_size(None, 1)
+        1024
     """
     chunk = DEFAULT_CHUNK if num_keys is None else max(1, CHUNK_ELEMENTS // max(num_keys, 1))
-    return chunk if num_queries is None else max(1, min(chunk, num_queries))
+    if num_queries is None:
+        return min(chunk, MAX_UNKNOWN_CHUNK)
+    return max(1, min(chunk, num_queries))
 
 
 def chunked_softmax_aggregate(theta, phi, g, valid, scale: float, chunk: int):
@@ -216,27 +222,32 @@ def _chunked_softmax(chunk: int, scale: float):
         shape = ops.shape(t)
         return ops.moveaxis(ops.slice(t, [i * chunk, 0, 0], [chunk, shape[1], shape[2]]), 0, 1)
 
+    def row_max(s):
+        if _known(s.shape[-1]) is None:
+            # JAX's max over a symbolic extent (a program exported with symbolic sizes)
+            # must otherwise prove the extent non-empty, which it cannot.
+            return ops.max(s, axis=-1, keepdims=True, initial=float("-inf"))
+        return ops.max(s, axis=-1, keepdims=True)
+
     def logits(q, phi, bias):
         return ops.einsum("bnd,bmd->bnm", q, phi) * scale + bias[:, None, :]
 
-    @ops.custom_gradient
-    def attend(theta, phi, g, valid):
-        # The gradient is `grad` below. Cut the forward from the inputs so that no autodiff
-        # records it: TensorFlow's eager tape would otherwise keep every chunk's logits and
-        # probabilities alive until the backward pass, N x N' in all.
-        theta, phi, g = ops.stop_gradient(theta), ops.stop_gradient(phi), ops.stop_gradient(g)
+    def forward(theta, phi, g, valid, stop: bool = True):
+        """y and the logsumexp of every query. With `stop`, on stopped copies of the inputs,
+        so that no autodiff records it (TensorFlow's eager tape would keep every chunk's
+        logits alive until the backward pass, N x N' in all); the gradient is `backward`."""
+        if stop:
+            theta, phi = ops.stop_gradient(theta), ops.stop_gradient(phi)
+            g = ops.stop_gradient(g)
         # Scalars, not `full_like(-inf)`: tf2onnx writes that as 0 x -inf (NaN).
         bias = ops.cast(ops.where(valid > 0, 0.0, float("-inf")), valid.dtype)
         padded, count = chunks_of(theta)
         shape = ops.shape(padded)
 
-        def forward(i, state):
+        def step(i, state):
             y, lse = state
             s = logits(rows(padded, i), phi, bias)
-            # `initial`: JAX's max over a symbolic extent (an exported program) must
-            # otherwise prove the extent non-empty, which it cannot.
-            top = ops.max(s, axis=-1, keepdims=True, initial=float("-inf"))
-            top = ops.stop_gradient(top)
+            top = ops.stop_gradient(row_max(s))
             p = ops.exp(s - top)
             total = ops.sum(p, axis=-1, keepdims=True)
             y = put(y, i, ops.einsum("bnm,bmc->bnc", p, g) / total)
@@ -246,36 +257,80 @@ def _chunked_softmax(chunk: int, scale: float):
             ops.zeros((shape[1], shape[0], ops.shape(g)[2]), g.dtype),
             ops.zeros((shape[1], shape[0], 1), theta.dtype),
         )
-        y_rows, lse = ops.fori_loop(0, count, forward, state)
-        y_padded = ops.moveaxis(y_rows, 0, 1)
-        y = y_padded[:, : ops.shape(theta)[1]]
+        y_rows, lse = ops.fori_loop(0, count, step, state)
+        return ops.moveaxis(y_rows, 0, 1)[:, : ops.shape(theta)[1]], lse
+
+    def backward(theta, phi, g, valid, lse, upstream):
+        """FlashAttention's backward, per chunk, from the saved logsumexp `lse`.
+
+        A function of theta, phi, g and the upstream gradient alone, so that differentiating
+        it again (gradient penalties, Hessian-vector products) is exact: `lse` enters only
+        through `lse_i`, whose value is the saved one and whose derivative is that of
+        log sum_j exp(s_ij).
+        """
+        bias = ops.cast(ops.where(valid > 0, 0.0, float("-inf")), valid.dtype)
+        queries, count = chunks_of(theta)
+        shape = ops.shape(queries)
+        dy = ops.concatenate(
+            [upstream, ops.zeros((shape[0], chunk, ops.shape(g)[2]), upstream.dtype)], 1
+        )
+
+        def step(i, state):
+            d_theta, d_phi, d_g = state
+            q, do = rows(queries, i), rows(dy, i)
+            raw = ops.einsum("bnd,bmd->bnm", q, phi) * scale
+            s = raw + bias[:, None, :]
+            saved = ops.stop_gradient(taken(lse, i))
+            weights = ops.stop_gradient(ops.exp(s - saved))
+            # Zero in value, d/ds_ij = p_ij: the softmax's normaliser, differentiable.
+            lse_i = saved + ops.sum(weights * (raw - ops.stop_gradient(raw)), -1, True)
+            p = ops.exp(s - lse_i)
+            # D_i = dy_i . y_i, with y_i recomputed from the inputs.
+            dots = ops.sum(do * ops.einsum("bnm,bmc->bnc", p, g), axis=-1, keepdims=True)
+            d_g = d_g + ops.einsum("bnm,bnc->bmc", p, do)
+            ds = p * (ops.einsum("bnc,bmc->bnm", do, g) - dots) * scale
+            d_theta = put(d_theta, i, ops.einsum("bnm,bmd->bnd", ds, phi))
+            return d_theta, d_phi + ops.einsum("bnm,bnd->bmd", ds, q), d_g
+
+        init = (
+            ops.zeros((shape[1], shape[0], shape[2]), theta.dtype),
+            ops.zeros_like(phi),
+            ops.zeros_like(g),
+        )
+        d_theta, d_phi, d_g = ops.fori_loop(0, count, step, init)
+        d_theta = ops.moveaxis(d_theta, 0, 1)[:, : ops.shape(theta)[1]]
+        return d_theta, d_phi, d_g, ops.zeros_like(valid)
+
+    if keras.backend.backend() == "jax":
+        # jax.custom_gradient (behind keras.ops.custom_gradient) differentiates its
+        # gradient only once: a second derivative silently treats the inputs it closes
+        # over as constants. jax.custom_vjp differentiates `backward` again, and the
+        # forward (not stopped: JAX has no tape, and only a second derivative
+        # differentiates it, through the loop), exactly.
+        import jax
+
+        @jax.custom_vjp
+        def attend_jax(theta, phi, g, valid):
+            return forward(theta, phi, g, valid, stop=False)[0]
+
+        def forward_jax(theta, phi, g, valid):
+            y, lse = forward(theta, phi, g, valid, stop=False)
+            return y, (theta, phi, g, valid, lse)
+
+        def backward_jax(residuals, upstream):
+            return backward(*residuals, upstream)
+
+        attend_jax.defvjp(forward_jax, backward_jax)
+        return attend_jax
+
+    @ops.custom_gradient
+    def attend(theta, phi, g, valid):
+        y, lse = forward(theta, phi, g, valid)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            dy = ops.concatenate(
-                [upstream, ops.zeros((shape[0], chunk, ops.shape(g)[2]), upstream.dtype)], 1
-            )
-            # D_i = dy_i . y_i: the softmax's Jacobian-vector term, one scalar per query.
-            dots = ops.sum(dy * y_padded, axis=-1, keepdims=True)
-
-            def backward(i, state):
-                d_theta, d_phi, d_g = state
-                q, do = rows(padded, i), rows(dy, i)
-                p = ops.exp(logits(q, phi, bias) - taken(lse, i))
-                d_g = d_g + ops.einsum("bnm,bnc->bmc", p, do)
-                ds = p * (ops.einsum("bnc,bmc->bnm", do, g) - rows(dots, i)) * scale
-                d_theta = put(d_theta, i, ops.einsum("bnm,bmd->bnd", ds, phi))
-                return d_theta, d_phi + ops.einsum("bnm,bnd->bmd", ds, q), d_g
-
-            init = (
-                ops.zeros((shape[1], shape[0], shape[2]), padded.dtype),
-                ops.zeros_like(phi),
-                ops.zeros_like(g),
-            )
-            d_theta, d_phi, d_g = ops.fori_loop(0, count, backward, init)
-            d_theta = ops.moveaxis(d_theta, 0, 1)[:, : ops.shape(theta)[1]]
-            return d_theta, d_phi, d_g, ops.zeros_like(valid)
+            return backward(theta, phi, g, valid, lse, upstream)
 
         return y, grad
 

@@ -206,8 +206,8 @@ def test_compiled_training_with_unknown_sizes(small_chunks, instantiation, strat
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 def test_auto_needs_no_quadratic_memory_forward_or_backward(instantiation):
     # N = N' = 16384: one (N, N') float32 matrix is 1 GiB; the compiled forward and
-    # forward+backward of `auto` must need a small fraction of it in temporaries (the
-    # chunked softmax's chunk of logits is 16 MiB).
+    # forward+backward of `auto` must need an eighth of it at most in temporaries (the
+    # chunked softmax holds a few 16 MiB chunks of logits at a time; pairwise: 2-3 GiB).
     import jax
 
     cfg = NonLocalConfig(16, spatial_dims=1, instantiation=instantiation, norm=None)
@@ -222,7 +222,7 @@ def test_auto_needs_no_quadratic_memory_forward_or_backward(instantiation):
 
     for fn in (loss, jax.grad(loss, argnums=(0, 1))):
         temp = jax.jit(fn).lower(trainable, x).compile().memory_analysis().temp_size_in_bytes
-        assert temp < 64 * 2**20, (fn.__name__, f"{temp / 2**20:.0f} MiB")
+        assert temp < 128 * 2**20, (fn.__name__, f"{temp / 2**20:.0f} MiB")
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function with unknown dimensions")
@@ -250,3 +250,56 @@ def test_sorted_concatenation_counts_keys_equal_to_a_target_as_inactive():
     want = (keys[:, None, :] <= targets[:, :, None]).sum(-1)
     got = S.count_at_most(ops.convert_to_tensor(keys), ops.convert_to_tensor(targets))
     np.testing.assert_array_equal(to_numpy(got), want)
+
+
+def _second_order(f, theta):
+    """d/dtheta sum((d f / d theta)^2) with this backend's autodiff, and the gradient."""
+    if BACKEND == "jax":
+        import jax
+
+        first = jax.grad(f)
+        return np.asarray(first(theta)), np.asarray(
+            jax.grad(lambda t: ops.sum(first(t) ** 2))(theta)
+        )
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        t = tf.constant(theta)
+        with tf.GradientTape() as outer:
+            outer.watch(t)
+            with tf.GradientTape() as inner:
+                inner.watch(t)
+                value = f(t)
+            first = inner.gradient(value, t)
+            total = tf.reduce_sum(first**2)
+        return first.numpy(), outer.gradient(total, t).numpy()
+    import torch
+
+    t = torch.tensor(theta, requires_grad=True)
+    (first,) = torch.autograd.grad(f(t), t, create_graph=True)
+    (second,) = torch.autograd.grad((first**2).sum(), t)
+    return first.detach().numpy(), second.numpy()
+
+
+def test_chunked_softmax_second_derivatives_are_exact():
+    # Gradient penalties and Hessian-vector products differentiate the custom backward
+    # again: it must be a function of the inputs, not of values saved as constants.
+    rng = np.random.default_rng(8)
+    theta = 2 * rng.normal(size=(2, 7, 3))
+    phi, g = ops.convert_to_tensor(2 * rng.normal(size=(2, 5, 3))), rng.normal(size=(2, 5, 4))
+    valid = np.ones((2, 5))
+    valid[1, :2] = 0
+    g, valid = ops.convert_to_tensor(g), ops.convert_to_tensor(valid)
+
+    def chunked(t):
+        return ops.sum(ops.sin(S.chunked_softmax_aggregate(t, phi, g, valid, 0.7, 3)))
+
+    def pairwise(t):
+        s = ops.einsum("bnd,bmd->bnm", t, phi) * 0.7
+        s = ops.where(valid[:, None, :] > 0, s, float("-inf"))
+        return ops.sum(ops.sin(ops.einsum("bnm,bmc->bnc", ops.softmax(s, axis=-1), g)))
+
+    want, got = _second_order(pairwise, theta), _second_order(chunked, theta)
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
+    assert np.abs(want[1]).max() > 1
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
