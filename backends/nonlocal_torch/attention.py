@@ -49,8 +49,9 @@ def capture_attention(model: nn.Module, *, keep: str = "last") -> Iterator[Atten
     ``"pairwise"`` strategy: N x N' memory per block). Nested captures both receive the
     maps. On exit, even by an exception, every block is as it was.
 
-    Eager execution only: a block running inside ``torch.compile`` or ``torch.export``
-    raises a RuntimeError naming it; capture with the eager module.
+    Under ``torch.compile`` the captured calls compile a graph of their own and are
+    captured too. ``torch.export`` (and FX tracing) records the block as if no capture were
+    open: nothing is captured, and the exported program keeps its linear strategies.
 
     Example:
         >>> from nonlocal_torch import NonLocal2d

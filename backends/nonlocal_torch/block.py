@@ -25,7 +25,7 @@ from nonlocal_core.convert.pretrained import block_state, load_block
 from nonlocal_core.weights import fit_kernels, host_values
 
 from .functional import attend_parts
-from .strategies import check_strategy, is_tracing
+from .strategies import _is_exporting, check_strategy, is_tracing
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -423,8 +423,10 @@ class NonLocalBlock(nn.Module):
             key_mask = _fx_default(key_mask, "key_mask", None)
             return_attention = _fx_default(return_attention, "return_attention", False)
         return_attention = require_flag(return_attention, "return_attention")
-        # An FX graph holds proxies, not attention values, so it is never handed to a sink.
-        sink = None if fx_graph else self._attention_sink
+        # An FX graph holds proxies, not attention values, so it is never handed to a sink;
+        # nor is an exported program, which must keep the linear strategies (an open
+        # capture would otherwise bake the N x N' matrix into it).
+        sink = None if fx_graph or _is_exporting() else self._attention_sink
         if not fx_graph:
             # FX proxies have no device, dtype or shape to check until the graph runs.
             # Compilers and exporters do run these checks: on their symbolic sizes a check

@@ -118,9 +118,17 @@ def test_compiled_models_capture_and_exports_ignore_the_capture():
         compiled(x)
     torch.testing.assert_close(maps[""], want[""])
     torch.testing.assert_close(compiled(x), x)  # outside the capture, as before
+    plain = torch.export.export(block, (x,))
     with capture_attention(block) as maps:
-        torch.export.export(block, (x,))
-    assert len(maps) == 0  # an exported program holds no Python side effects
+        captured = torch.export.export(block, (x,))
+    assert len(maps) == 0  # an exported program holds no Python side effects ...
+
+    def calls(program):
+        return sorted(str(n.target) for n in program.graph.nodes if n.op == "call_function")
+
+    # ... and is the one exported without a capture (its linear strategy, not the matrix).
+    assert calls(captured) == calls(plain)
+    assert any("scaled_dot_product" in name for name in calls(captured)), calls(captured)
 
 
 def test_docstring_examples():
