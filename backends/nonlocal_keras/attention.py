@@ -6,7 +6,9 @@ the model's outputs are what they would be otherwise (up to the last bits, as be
 layer's fused and unfused paths).
 
 Values exist only where the layer runs eagerly: ``model(x)`` on every backend, and
-``model.predict`` / ``fit`` / ``evaluate`` of a model compiled with ``run_eagerly=True``.
+``model.predict`` / ``evaluate`` of a model compiled with ``run_eagerly=True`` (``fit`` too on
+TensorFlow and PyTorch; on JAX even an eager ``fit`` differentiates the step with
+``jax.value_and_grad``, so the attention is a tracer there).
 Inside a traced function (``tf.function``, ``jax.jit``: Keras's own ``predict`` by default
 on TensorFlow and JAX) a block holds symbolic tensors, and the capture raises a RuntimeError
 naming the block.
@@ -42,9 +44,9 @@ class AttentionMaps(_CoreMaps):
         except Exception as exc:  # each backend fails differently on a symbolic tensor
             raise RuntimeError(
                 f"capture_attention: the block {path!r} ran traced (inside tf.function, "
-                "jax.jit or a compiled predict/fit), where its attention is symbolic "
-                f"({type(attention).__name__}): call the model eagerly, model(x), or compile "
-                "it with run_eagerly=True before predict"
+                "jax.jit, a compiled predict/fit, or any fit on JAX), where its attention is "
+                f"symbolic ({type(attention).__name__}): call the model eagerly, model(x), or "
+                "compile it with run_eagerly=True before predict"
             ) from exc
 
 

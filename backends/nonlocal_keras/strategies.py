@@ -96,13 +96,14 @@ def fused_attention_is_exact(config: NonLocalConfig, dtype: str) -> str | None:
     return None
 
 
-def fused_attention_is_linear(config: NonLocalConfig, dtype: str) -> bool:
+def fused_attention_is_linear(config: NonLocalConfig, dtype: str, masked: bool = False) -> bool:
     """Whether the fused kernels this backend and device run keep memory linear in N.
 
     PyTorch's SDPA does with its flash and memory-efficient kernels (CPU and CUDA), which
-    need keys as wide as values (otherwise it falls back to the N x N' math path); JAX does
-    with cuDNN's flash attention on a GPU in half precision; TensorFlow's and JAX's XLA
-    formulations build the N x N' logits.
+    need keys as wide as values (otherwise it falls back to the N x N' math path). JAX does
+    only through cuDNN's flash attention: on a GPU, in half precision, with a head width
+    that is a multiple of 8 and at most 128, and without a key mask (Keras falls back to
+    the XLA formulation otherwise, which builds the N x N' logits, as TensorFlow's does).
 
     Example:
         >>> fused_attention_is_linear(NonLocalConfig(8, instantiation="gaussian"), "float32")
@@ -114,7 +115,14 @@ def fused_attention_is_linear(config: NonLocalConfig, dtype: str) -> bool:
     if backend == "torch":
         return True
     if backend == "jax":
-        return _on_gpu() and keras.backend.standardize_dtype(dtype) in F.HALF_DTYPES
+        width = config.inter_channels
+        return (
+            _on_gpu()
+            and keras.backend.standardize_dtype(dtype) in F.HALF_DTYPES
+            and width % 8 == 0
+            and width <= 128
+            and not masked
+        )
     return False
 
 
@@ -125,8 +133,10 @@ def choose_strategy(
     num_keys: int | None,
     *,
     use_fused_attention: bool = True,
+    masked: bool = False,
 ) -> str:
-    """What ``strategy="auto"`` runs for `config` in `dtype` (sizes None when unknown).
+    """What ``strategy="auto"`` runs for `config` in `dtype` (sizes None when unknown;
+    `masked`: the call has a key mask).
 
     - softmax: ``sdpa`` where it is exact and linear in memory on this backend and device;
       otherwise ``pairwise`` while the matrix is small (one matmul is the fastest there),
@@ -150,7 +160,7 @@ def choose_strategy(
     if config.instantiation == "concatenation":
         return "pairwise" if small or traced_torch else "sorted"
     exact = use_fused_attention and fused_attention_is_exact(config, dtype) is None
-    if exact and (fused_attention_is_linear(config, dtype) or traced_torch):
+    if exact and (fused_attention_is_linear(config, dtype, masked) or traced_torch):
         return "sdpa"
     return "pairwise" if small or traced_torch else "chunked"
 
@@ -465,8 +475,10 @@ def attend(theta, phi, g, mask, config: NonLocalConfig, strategy: str, **options
     elif strategy == "auto":
         use_fused = options.get("use_fused_attention", True)
         n, m = theta.shape[1], phi.shape[1]
+        known = (_known(n), _known(m))
+        masked = mask is not None
         strategy = choose_strategy(
-            config, dtype, _known(n), _known(m), use_fused_attention=use_fused
+            config, dtype, *known, use_fused_attention=use_fused, masked=masked
         )
     elif strategy == "sdpa":
         reason = fused_attention_is_exact(config, dtype)

@@ -44,6 +44,10 @@ def _step(instantiation: str, strategy: str, start: list, x, y) -> tuple[list, k
 
 
 def main(instantiation: str, strategy: str) -> dict:
+    if strategy == "chunked":
+        from nonlocal_keras import strategies
+
+        strategies.chunk_size = lambda n, m: 3  # several chunks, the last one partial
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 2, f"expected 2 virtual CPU devices, got {devices}"
     keras.utils.set_random_seed(0)

@@ -303,3 +303,18 @@ def test_chunked_softmax_second_derivatives_are_exact():
     np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
     assert np.abs(want[1]).max() > 1
     np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
+
+
+def test_jax_fused_attention_counts_as_linear_only_where_cudnn_runs(monkeypatch):
+    # Keras falls back to XLA's N x N' formulation unless cuDNN's flash attention runs:
+    # a GPU, half precision, a head width that is a multiple of 8 up to 128, no mask.
+    monkeypatch.setattr(S.keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(S, "_on_gpu", lambda: True)
+    cfg = NonLocalConfig(128)  # C' = 64
+    assert S.fused_attention_is_linear(cfg, "bfloat16")
+    assert not S.fused_attention_is_linear(cfg, "float32")
+    assert not S.fused_attention_is_linear(cfg, "bfloat16", masked=True)
+    assert not S.fused_attention_is_linear(cfg.replace(inter_channels=60), "bfloat16")
+    assert not S.fused_attention_is_linear(NonLocalConfig(1024), "bfloat16")  # C' = 512
+    monkeypatch.setattr(S, "_on_gpu", lambda: False)
+    assert not S.fused_attention_is_linear(cfg, "bfloat16")
