@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         ("gaussian", "chunked"),
         ("embedded_gaussian", "auto"),
-        ("dot_product", "associative"),
         ("concatenation", "sorted"),
     ],
 )
