@@ -302,7 +302,12 @@ def _bench_plot(plt, doc: dict) -> str:
     handles += [
         Line2D([], [], color="black", alpha=0.5, linewidth=3, label=dtype) for dtype in dtypes[1:]
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4)
+    return _svg(plt, fig, handles, 4, doc)
+
+
+def _svg(plt, fig, handles: list, columns: int, doc: dict) -> str:
+    """A bench figure finished (legend below, the machine as its title) as SVG text."""
+    fig.legend(handles=handles, loc="outside lower center", ncol=columns)
     fig.suptitle(textwrap.fill(doc.get("machine", ""), 90), fontsize=11)
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
@@ -310,18 +315,23 @@ def _bench_plot(plt, doc: dict) -> str:
     return buffer.getvalue()
 
 
-def bench_outputs(json_path: Path) -> dict[Path, str]:
-    """What a ``NAME.bench.json`` renders to: {output path: text}."""
+def _document_outputs(json_path: Path, kind: str, plot, table, unit: str) -> dict[Path, str]:
+    """A NAME.KIND.json document's plot and snippet: {output path: text}."""
     doc = json.loads(json_path.read_text(encoding="utf-8"))
-    name = json_path.name.removesuffix(".bench.json")
+    name = json_path.name.removesuffix(f".{kind}.json")
     header = (
         f"<!-- generated from docs/assets/perf/{json_path.name} by "
-        f"scripts/plot_benchmarks.py -->\n*{doc['machine']}; ms (median) / peak MiB*\n\n"
+        f"scripts/plot_benchmarks.py -->\n*{doc['machine']}; ms (median) / {unit}*\n\n"
     )
     return {
-        json_path.with_name(f"{name}.svg"): bench_plot(doc),
-        SNIPPETS / f"perf-{name}.md": header + bench_table(doc) + "\n",
+        json_path.with_name(f"{name}.svg"): plot(doc),
+        SNIPPETS / f"perf-{name}.md": header + table(doc) + "\n",
     }
+
+
+def bench_outputs(json_path: Path) -> dict[Path, str]:
+    """What a ``NAME.bench.json`` renders to: {output path: text}."""
+    return _document_outputs(json_path, "bench", bench_plot, bench_table, "peak MiB")
 
 
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
@@ -433,26 +443,14 @@ def keras_bench_plot(doc: dict) -> str:
             Line2D([], [], color="black", linestyle="", marker="o", label="forward"),
             Line2D([], [], color="black", linestyle="", marker="s", label="forward+backward"),
         ]
-        fig.legend(handles=handles, loc="outside lower center", ncol=3)
-        fig.suptitle(textwrap.fill(doc.get("machine", ""), 90), fontsize=11)
-        buffer = io.StringIO()
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-        plt.close(fig)
-    return buffer.getvalue()
+        return _svg(plt, fig, handles, 3, doc)
 
 
 def keras_bench_outputs(json_path: Path) -> dict[Path, str]:
     """What a ``NAME.kerasbench.json`` renders to: {output path: text}."""
-    doc = json.loads(json_path.read_text(encoding="utf-8"))
-    name = json_path.name.removesuffix(".kerasbench.json")
-    header = (
-        f"<!-- generated from docs/assets/perf/{json_path.name} by "
-        f"scripts/plot_benchmarks.py -->\n*{doc['machine']}; ms (median) / extra peak MiB*\n\n"
+    return _document_outputs(
+        json_path, "kerasbench", keras_bench_plot, keras_bench_table, "extra peak MiB"
     )
-    return {
-        json_path.with_name(f"{name}.svg"): keras_bench_plot(doc),
-        SNIPPETS / f"perf-{name}.md": header + keras_bench_table(doc) + "\n",
-    }
 
 
 def sidebyside_table(doc: dict) -> str:
