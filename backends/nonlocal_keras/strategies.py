@@ -275,8 +275,8 @@ def _chunked_softmax(chunk: int, scale: float):
 
         A function of theta, phi, g and the upstream gradient alone, so that differentiating
         it again (gradient penalties, Hessian-vector products) is exact: `lse` enters only
-        through `lse_i`, whose value is the saved one and whose derivative is that of
-        log sum_j exp(s_ij).
+        through the probabilities' values, whose derivative is restored to the softmax's
+        (third and higher derivatives are not).
         """
         bias = ops.cast(ops.where(valid > 0, 0.0, float("-inf")), valid.dtype)
         queries, count = chunks_of(theta)
@@ -290,15 +290,17 @@ def _chunked_softmax(chunk: int, scale: float):
             q, do = rows(queries, i), rows(dy, i)
             raw = ops.einsum("bnd,bmd->bnm", q, phi) * scale
             s = raw + bias[:, None, :]
-            saved = ops.stop_gradient(taken(lse, i))
-            weights = ops.stop_gradient(ops.exp(s - saved))
-            # Zero in value, d/ds_ij = p_ij: the softmax's normaliser, differentiable.
-            lse_i = saved + ops.sum(weights * (raw - ops.stop_gradient(raw)), -1, True)
-            p = ops.exp(s - lse_i)
-            # D_i = dy_i . y_i, with y_i recomputed from the inputs.
-            dots = ops.sum(do * ops.einsum("bnm,bmc->bnc", p, g), axis=-1, keepdims=True)
+            # p = softmax_j(s_ij) from the saved logsumexp (one exp), made differentiable
+            # in s to first order: p + p (ds - sum_j p ds) is p in value and has the
+            # softmax's Jacobian, which is all a second derivative needs.
+            p_saved = ops.stop_gradient(ops.exp(s - taken(lse, i)))
+            delta = raw - ops.stop_gradient(raw)  # zero in value
+            p = p_saved + p_saved * (delta - ops.sum(p_saved * delta, axis=-1, keepdims=True))
+            dp = ops.einsum("bnc,bmc->bnm", do, g)
+            # D_i = dy_i . y_i = sum_j p_ij dp_ij: in the inputs, with no product for y.
+            dots = ops.sum(p * dp, axis=-1, keepdims=True)
             d_g = d_g + ops.einsum("bnm,bnc->bmc", p, do)
-            ds = p * (ops.einsum("bnc,bmc->bnm", do, g) - dots) * scale
+            ds = p * (dp - dots) * scale
             d_theta = put(d_theta, i, ops.einsum("bnm,bmd->bnd", ds, phi))
             return d_theta, d_phi + ops.einsum("bnm,bnd->bmd", ds, q), d_g
 
