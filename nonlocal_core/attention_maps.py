@@ -1,11 +1,12 @@
 """`AttentionMaps`: the framework-free mapping both backends' ``capture_attention`` fill.
 
-A backend subclasses it with `convert` (PyTorch: detach; Keras: to NumPy) and hands each
-block's (B, N, N') attention to `store` as the block runs.
+A backend subclasses it with `convert` (PyTorch: detach; Keras: to NumPy); `attached` sets
+the blocks' sinks, which hand each call's (B, N, N') attention to `store`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -81,3 +82,54 @@ class AttentionMaps(Mapping):
             for path, value in self._maps.items()
         }
         return f"{type(self).__name__}({shapes})"
+
+
+_UNSET = object()
+
+
+@contextlib.contextmanager
+def attached(maps: AttentionMaps, blocks: list[tuple[str, Any]]) -> Iterator[AttentionMaps]:
+    """Give every block of `blocks` ((path, block) pairs) a sink filling `maps` while open.
+
+    A backend's block calls its ``_attention_sink`` with each call's attention. A block
+    already watched by an enclosing capture passes its attention on to that one too; on
+    exit, even by an exception, every block's sink is as it was (absent from the instance
+    if it was absent).
+
+    Example:
+        >>> import numpy as np
+        >>> class Block:
+        ...     _attention_sink = None
+        ...     def __call__(self):
+        ...         if self._attention_sink is not None:
+        ...             self._attention_sink(np.ones((1, 2, 2)))
+        >>> block = Block()
+        >>> with attached(AttentionMaps(("b",), "last"), [("b", block)]) as maps:
+        ...     block()
+        >>> maps["b"].shape, "_attention_sink" in vars(block)
+        ((1, 2, 2), False)
+    """
+    saved = [(block, vars(block).get("_attention_sink", _UNSET)) for _, block in blocks]
+    try:
+        for path, block in blocks:
+            block._attention_sink = _Sink(maps, path, block._attention_sink)
+        yield maps
+    finally:
+        for block, previous in reversed(saved):
+            if previous is _UNSET:
+                vars(block).pop("_attention_sink", None)
+            else:
+                block._attention_sink = previous
+
+
+class _Sink:
+    """Stores one block's attention in `maps` under `path`, then passes it on to the sink of
+    an enclosing capture, if any."""
+
+    def __init__(self, maps: AttentionMaps, path: str, previous: Any) -> None:
+        self.maps, self.path, self.previous = maps, path, previous
+
+    def __call__(self, attention: Any) -> None:
+        self.maps.store(self.path, attention)
+        if self.previous is not None:
+            self.previous(attention)

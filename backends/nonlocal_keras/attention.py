@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from nonlocal_core.attention_maps import AttentionMaps as _CoreMaps
-from nonlocal_core.attention_maps import check_keep
+from nonlocal_core.attention_maps import attached, check_keep
 
 from .layer import NonLocalBlock, to_numpy
 
@@ -86,15 +86,8 @@ def capture_attention(model: keras.layers.Layer, *, keep: str = "last") -> Itera
             f"model ({type(model).__name__} {model.name!r}) holds no NonLocalBlock: "
             "expected a model with non-local blocks (see nonlocal_keras.insert_nonlocal)"
         )
-    maps = AttentionMaps(tuple(path for path, _ in blocks), keep)
-    saved = [(block, block._attention_sink) for _, block in blocks]
-    try:
-        for path, block in blocks:
-            block._attention_sink = _Sink(maps, path, block._attention_sink)
+    with attached(AttentionMaps(tuple(path for path, _ in blocks), keep), blocks) as maps:
         yield maps
-    finally:
-        for block, previous in reversed(saved):
-            block._attention_sink = previous
 
 
 def _blocks(layer: keras.layers.Layer, prefix: str) -> Iterator[tuple[str, NonLocalBlock]]:
@@ -112,16 +105,3 @@ def _blocks(layer: keras.layers.Layer, prefix: str) -> Iterator[tuple[str, NonLo
         # Keras's own traversal of tracked sub-layers: a model's layers, a layer's parts.
         children = current._flatten_layers(include_self=False, recursive=False)
         stack.extend((f"{path}/{c.name}" if path else c.name, c) for c in children)
-
-
-class _Sink:
-    """Stores one block's attention in `maps` under `path`, then passes it on to the sink of
-    an enclosing capture, if any."""
-
-    def __init__(self, maps: AttentionMaps, path: str, previous: Any) -> None:
-        self.maps, self.path, self.previous = maps, path, previous
-
-    def __call__(self, attention: Any) -> None:
-        self.maps.store(self.path, attention)
-        if self.previous is not None:
-            self.previous(attention)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from nonlocal_core.attention_maps import AttentionMaps as _CoreMaps
-from nonlocal_core.attention_maps import check_keep
+from nonlocal_core.attention_maps import attached, check_keep
 
 from .block import NonLocalBlock
 
@@ -54,6 +52,7 @@ def capture_attention(model: nn.Module, *, keep: str = "last") -> Iterator[Atten
     open: nothing is captured, and the exported program keeps its linear strategies.
 
     Example:
+        >>> import torch
         >>> from nonlocal_torch import NonLocal2d
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), NonLocal2d(8, subsample=True))
         >>> with capture_attention(net) as maps:
@@ -75,36 +74,5 @@ def capture_attention(model: nn.Module, *, keep: str = "last") -> Iterator[Atten
             f"model ({type(model).__name__}) holds no NonLocalBlock: expected a network with "
             "non-local blocks (see nonlocal_torch.insert_nonlocal)"
         )
-    maps = AttentionMaps(tuple(path for path, _ in blocks), keep)
-    # Each block's own sink, if any (a capture already open), to chain to and restore.
-    saved = [(block, vars(block).get("_attention_sink", _UNSET)) for _, block in blocks]
-    try:
-        for path, block in blocks:
-            block._attention_sink = _Sink(maps, path, block._attention_sink)
+    with attached(AttentionMaps(tuple(path for path, _ in blocks), keep), blocks) as maps:
         yield maps
-    finally:
-        for block, previous in reversed(saved):
-            if previous is _UNSET:
-                vars(block).pop("_attention_sink", None)
-            else:
-                block._attention_sink = previous
-
-
-_UNSET = object()
-
-
-class _Sink:
-    """Stores one block's attention in `maps` under `path`, then passes it on to the sink of
-    an enclosing capture, if any."""
-
-    def __init__(self, maps: AttentionMaps, path: str, previous: Any) -> None:
-        self.maps, self.path, self.previous = maps, path, previous
-
-    def __call__(self, attention: Tensor) -> None:
-        if torch.compiler.is_exporting():
-            # An exported program has no place for a Python side effect: what would be
-            # stored here is a tracing placeholder, not values.
-            return
-        self.maps.store(self.path, attention)
-        if self.previous is not None:
-            self.previous(attention)
