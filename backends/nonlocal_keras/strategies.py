@@ -352,8 +352,9 @@ def _chunked_softmax(chunk: int, scale: float):
 def suffix_sums(x, block: int = 64):
     """s_k = sum_{k' >= k} x_k' along axis 1 of (B, M, K), in x's dtype.
 
-    `keras.ops.cumsum` computes float64 in float32 on JAX and PyTorch (Keras's promotion
-    maps 64-bit types to 32-bit ones there), so float64 takes blocked sums instead: within
+    `keras.ops.cumsum` computes float64 in float32 on PyTorch (Keras's promotion maps 64-bit
+    types to 32-bit ones there; JAX with x64 keeps float64, and takes the same path, which
+    costs it nothing in accuracy), so float64 takes blocked sums instead: within
     blocks of `block` rows a product with a triangular matrix of ones, across blocks the
     same recursively, O(M K block) work in exact float64 einsums.
 
