@@ -146,7 +146,7 @@ def choose_strategy(
 
     Example:
         >>> cfg = NonLocalConfig(8, instantiation="concatenation")
-        >>> choose_strategy(cfg, "float32", 64, 64), choose_strategy(cfg, "float32", None, 64)
+        >>> choose_strategy(cfg, "float32", 64, 64), choose_strategy(cfg, "float32", 4096, 4096)
         ('pairwise', 'sorted')
     """
     known = num_queries is not None and num_keys is not None
