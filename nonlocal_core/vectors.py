@@ -25,6 +25,7 @@ import numpy as np
 from .cli import output_folder
 from .config import SPEC_VERSION, NonLocalConfig
 from .oracle import exact_forward
+from .profiles import CAFFE2_BN_EPSILON, profile
 from .vector_files import VectorFileError, load_case
 from .weights import init_weights, random_weights
 
@@ -247,6 +248,18 @@ CASES = [
         x=(1, (3, 3)),
         weights="init",
         training=True,
+    ),
+    _case(
+        "caffe2_slowfast_3d",
+        "the Caffe2 (video-nonlocal-net) / SlowFast block: embedded Gaussian scaled by "
+        "1/sqrt(C'), 3D channels_first, keys and values max-pooled (1,2,2) before the "
+        "projections (odd extents: floor drops a row and a column), Caffe2's BN eps, inference",
+        # What profile("slowfast", dim=4, dim_inner=4 // 2, pool_size=[1, 2, 2],
+        # norm_eps=CAFFE2_BN_EPSILON) builds too.
+        profile(
+            "caffe2", dim_in=4, dim_inner=2, max_pool_stride=2, BN_EPSILON=CAFFE2_BN_EPSILON
+        ).to_dict(),
+        x=(2, (2, 3, 5)),
     ),
 ]
 
