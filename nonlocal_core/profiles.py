@@ -111,12 +111,17 @@ def source_kwargs(source: str, config: NonLocalConfig) -> dict[str, Any]:
 
 
 def _same_function(a: NonLocalConfig, b: NonLocalConfig) -> bool:
-    """Whether two configs define the same block, ignoring fields that have no effect."""
-    if a.subsample is None and b.subsample is None:
-        b = b.replace(pool_position=a.pool_position)
+    """Whether two configs define the same block, ignoring fields that have no effect (a
+    window of 1 on every axis pools nothing, like no subsampling)."""
+    if _pools_nothing(a) and _pools_nothing(b):
+        b = b.replace(subsample=a.subsample, pool_position=a.pool_position)
     if a.norm is None and b.norm is None:
         b = b.replace(norm_eps=a.norm_eps)
     return a == b
+
+
+def _pools_nothing(config: NonLocalConfig) -> bool:
+    return config.subsample is None or all(w == 1 for w in config.subsample)
 
 
 # Argument handling ------------------------------------------------------------------------
