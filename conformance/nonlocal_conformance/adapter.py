@@ -22,6 +22,7 @@ import numpy as np
 
 from nonlocal_core import (
     DATA_FORMATS,
+    DEFAULT_WINDOWS,
     INSTANTIATIONS,
     NORMS,
     POOL_POSITIONS,
@@ -40,19 +41,110 @@ _VALUED_FEATURES = {
     "pool_position": "pool_positions",
     "norm": "norms",
 }
+# The rules a config's logit scale, inter_channels and subsample window follow (see
+# `config_rules`), and which declared rule admits which: "any" admits every value.
+LOGIT_SCALE_RULES = ("default", "one", "any")
+INTER_CHANNELS_RULES = ("default", "divisor", "any")
+WINDOW_RULES = ("none", "default", "any")
+_ADMITS = {
+    "logit_scales": {"default": {"default"}, "one": {"one"}, "any": {"default", "one", "any"}},
+    "inter_channels": {
+        "default": {"default"},
+        "divisor": {"default", "divisor"},
+        "any": {"default", "divisor", "any"},
+    },
+    "windows": {"none": {"none"}, "default": {"default"}, "any": {"default", "any"}},
+}
+
+
+class Unsupported(Exception):
+    """Raised by an adapter's `build`, `forward`, `gradients` or `export_weights`: the
+    implementation cannot build or run this config, these weights or this feature, and the
+    message says why. The suite counts the draw as *declined* (with the reason, in the
+    report) and draws another; a check whose every draw was declined is skipped.
+
+    Declare what you can in `Capabilities` (the suite then never draws the rest); raise
+    `Unsupported` for the finer restrictions no field expresses.
+
+    Example:
+        >>> raise Unsupported("mmcv: inter_channels=3 is not max(C // reduction, 1)")
+        Traceback (most recent call last):
+        ...
+        nonlocal_conformance.adapter.Unsupported: mmcv: inter_channels=3 is not ...
+    """
+
+
+def config_rules(config: NonLocalConfig) -> dict[str, str]:
+    """The rule each restrictable choice of `config` follows, in the vocabulary of the
+    `Capabilities` fields ``logit_scales``, ``inter_channels`` and ``windows``.
+
+    - logit scale: ``"default"`` (1/sqrt(d)), ``"one"`` (s = 1) or ``"any"`` (another
+      float); the non-softmax instantiations have none (``"default"``);
+    - inter_channels: ``"default"`` (C' = max(C // 2, 1)), ``"divisor"`` (C' = max(C // r, 1)
+      for some integer r, mmcv's ``reduction``) or ``"any"``;
+    - windows: ``"none"`` (no subsampling), ``"default"`` (the window ``subsample=True``
+      means) or ``"any"``.
+
+    Example:
+        >>> config_rules(NonLocalConfig(8, inter_channels=2, logit_scale=False, subsample=True))
+        {'logit_scales': 'one', 'inter_channels': 'divisor', 'windows': 'default'}
+    """
+    scale = config.logit_scale
+    if not config.is_softmax or scale is None:
+        scale_rule = "default"
+    else:
+        scale_rule = "one" if scale == 1.0 else "any"
+    c, ci = config.in_channels, config.inter_channels
+    if ci == max(c // 2, 1):
+        inter_rule = "default"
+    elif any(max(c // r, 1) == ci for r in range(1, c + 1)):
+        inter_rule = "divisor"
+    else:
+        inter_rule = "any"
+    if config.subsample is None:
+        window_rule = "none"
+    elif config.subsample == DEFAULT_WINDOWS[config.spatial_dims]:
+        window_rule = "default"
+    else:
+        window_rule = "any"
+    return {"logit_scales": scale_rule, "inter_channels": inter_rule, "windows": window_rule}
 
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
-    """What an adapter's implementation supports; anything else is skipped, with a reason.
+    """What an adapter's implementation supports. The suite draws only inside it; what a
+    field cannot express, the adapter declines by raising `Unsupported`. Anything not
+    supported is reported as a skip or a declined draw, with the reason, never as a pass.
 
     Attributes:
         instantiations, spatial_dims, data_formats, pool_positions, norms: the config values
             the implementation accepts.
         dtypes: dtype names from ``ALL_DTYPES``; devices: e.g. ``{"cpu", "cuda"}``.
+        logit_scales: rules from ``LOGIT_SCALE_RULES`` (see `config_rules`): ``"default"``
+            1/sqrt(d), ``"one"`` s = 1, ``"any"`` every positive float.
+        inter_channels: rules from ``INTER_CHANNELS_RULES``: ``"default"`` C' = max(C // 2, 1),
+            ``"divisor"`` C' = max(C // r, 1) for an integer r, ``"any"``.
+        windows: rules from ``WINDOW_RULES``: ``"none"`` no subsampling, ``"default"`` the
+            window of ``subsample=True``, ``"any"`` every window.
+        residual: the accepted values of ``residual``.
+        norm_eps: the BN epsilons accepted, or None for any.
+        out_bias_with_norm: a nonzero W_z bias b_z is kept when a norm follows (False: the
+            implementation has no such bias, like mmcv; the suite then draws b_z = 0 there).
         context, key_mask, training, attention: optional forward features.
         gradients: `Adapter.gradients` is implemented.
-        input_errors: invalid inputs raise ``ValueError``/``TypeError`` with a message.
+        input_errors: invalid forward inputs raise ``ValueError``/``TypeError`` naming them.
+        weight_errors: `Adapter.build` rejects weights that do not match the config.
+        per_instantiation: overrides of any of these fields for one instantiation, e.g.
+            ``{"gaussian": {"logit_scales": frozenset({"one"})}}`` or
+            ``{"concatenation": {"gradients": False}}``.
+
+    Example:
+        >>> caps = Capabilities(logit_scales=frozenset({"default"}),
+        ...                     per_instantiation={"gaussian": {"attention": False}})
+        >>> caps.missing(NonLocalConfig(4, instantiation="gaussian", logit_scale=False))
+        ['logit_scale=1.0 (rule one) not supported']
+        >>> caps.supports(instantiation="gaussian", attention=True)
+        False
     """
 
     instantiations: frozenset[str] = frozenset(INSTANTIATIONS)
@@ -62,39 +154,109 @@ class Capabilities:
     norms: frozenset[str | None] = frozenset(NORMS)
     dtypes: frozenset[str] = frozenset({"float32"})
     devices: frozenset[str] = frozenset({"cpu"})
+    logit_scales: frozenset[str] = frozenset({"any"})
+    inter_channels: frozenset[str] = frozenset({"any"})
+    windows: frozenset[str] = frozenset({"none", "any"})
+    residual: frozenset[bool] = frozenset({True, False})
+    norm_eps: frozenset[float] | None = None
+    out_bias_with_norm: bool = True
     context: bool = True
     key_mask: bool = True
     training: bool = True
     attention: bool = True
     gradients: bool = False
     input_errors: bool = True
+    weight_errors: bool = True
+    per_instantiation: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        vocabularies = {
+            "logit_scales": LOGIT_SCALE_RULES,
+            "inter_channels": INTER_CHANNELS_RULES,
+            "windows": WINDOW_RULES,
+            "dtypes": ALL_DTYPES,
+        }
+        for name, allowed in vocabularies.items():
+            unknown = sorted(set(getattr(self, name)) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"Capabilities.{name}: unknown value(s) {unknown}; expected a subset of "
+                    f"{list(allowed)}"
+                )
+        fields = {f.name for f in dataclasses.fields(self)} - {"per_instantiation"}
+        for inst, overrides in self.per_instantiation.items():
+            if inst not in INSTANTIATIONS:
+                raise ValueError(
+                    f"Capabilities.per_instantiation: unknown instantiation {inst!r}; expected "
+                    f"one of {list(INSTANTIATIONS)}"
+                )
+            unknown = sorted(set(overrides) - fields)
+            if unknown:
+                raise ValueError(
+                    f"Capabilities.per_instantiation[{inst!r}]: unknown field(s) {unknown}"
+                )
+
+    def for_instantiation(self, instantiation: str | None) -> Capabilities:
+        """These capabilities with the overrides of `instantiation` applied.
+
+        Example:
+            >>> caps = Capabilities(per_instantiation={"concatenation": {"gradients": False}},
+            ...                     gradients=True)
+            >>> caps.for_instantiation("concatenation").gradients
+            False
+        """
+        overrides = self.per_instantiation.get(instantiation or "", {})
+        if not overrides:
+            return self
+        return dataclasses.replace(self, per_instantiation={}, **overrides)
 
     def missing(self, config: NonLocalConfig | None = None, **features: Any) -> list[str]:
         """The reasons `config` and the named features are unsupported (empty: supported).
 
         Features: ``dtype``, ``device``, ``instantiation``, ``spatial_dims``,
         ``data_format``, ``pool_position``, ``norm`` (values), and booleans ``context``,
-        ``key_mask``, ``training``, ``attention``, ``gradients``, ``input_errors``.
+        ``key_mask``, ``training``, ``attention``, ``gradients``, ``input_errors``,
+        ``weight_errors``. The overrides of the config's (or the named) instantiation apply.
         """
+        inst = config.instantiation if config is not None else features.get("instantiation")
+        caps = self.for_instantiation(inst)
         reasons: list[str] = []
         if config is not None:
-            checks = (
-                ("instantiation", config.instantiation, self.instantiations),
-                ("spatial_dims", config.spatial_dims, self.spatial_dims),
-                ("data_format", config.data_format, self.data_formats),
-                ("pool_position", config.pool_position, self.pool_positions),
-                ("norm", config.norm, self.norms),
-            )
-            for field, value, allowed in checks:
-                if value not in allowed:
-                    reasons.append(f"{field}={value!r} not supported")
+            reasons += caps._config_reasons(config)
         for name, value in features.items():
             if name in _VALUED_FEATURES:
-                allowed = getattr(self, _VALUED_FEATURES[name])
+                allowed = getattr(caps, _VALUED_FEATURES[name])
                 if value not in allowed:
                     reasons.append(f"{name}={value!r} not supported")
-            elif value and not getattr(self, name):
+            elif value and not getattr(caps, name):
                 reasons.append(f"{name} not supported")
+        return reasons
+
+    def _config_reasons(self, config: NonLocalConfig) -> list[str]:
+        reasons = []
+        checks = (
+            ("instantiation", config.instantiation, self.instantiations),
+            ("spatial_dims", config.spatial_dims, self.spatial_dims),
+            ("data_format", config.data_format, self.data_formats),
+            ("pool_position", config.pool_position, self.pool_positions),
+            ("norm", config.norm, self.norms),
+            ("residual", config.residual, self.residual),
+        )
+        for field, value, allowed in checks:
+            if value not in allowed:
+                reasons.append(f"{field}={value!r} not supported")
+        if self.norm_eps is not None and config.norm is not None:
+            if config.norm_eps not in self.norm_eps:
+                reasons.append(f"norm_eps={config.norm_eps!r} not supported")
+        shown = {
+            "logit_scales": ("logit_scale", config.logit_scale),
+            "inter_channels": ("inter_channels", config.inter_channels),
+            "windows": ("subsample", config.subsample),
+        }
+        for field, rule in config_rules(config).items():
+            if not any(rule in _ADMITS[field][d] for d in getattr(self, field)):
+                name, value = shown[field]
+                reasons.append(f"{name}={value!r} (rule {rule}) not supported")
         return reasons
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,14 +269,21 @@ class Capabilities:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, frozenset):
-                value = sorted(value, key=lambda v: (v is None, str(v)))
-            out[field.name] = value
+            if field.name == "per_instantiation":
+                value = {inst: {k: _plain(v) for k, v in o.items()} for inst, o in value.items()}
+            out[field.name] = _plain(value)
         return out
 
     def supports(self, config: NonLocalConfig | None = None, **features: Any) -> bool:
         """True when nothing in `missing` applies."""
         return not self.missing(config, **features)
+
+
+def _plain(value: Any) -> Any:
+    """Sets as sorted lists (None last), for JSON."""
+    if isinstance(value, (frozenset, set)):
+        return sorted(value, key=lambda v: (v is None, str(v)))
+    return value
 
 
 @dataclasses.dataclass
