@@ -73,7 +73,7 @@ def test_the_quick_cpu_run_passes_every_part_and_writes_the_results_folder(tree)
         totals = json.loads((out / "conformance" / report).read_text())["totals"]
         assert totals["passed"] > 0 and totals["failed"] == 0, (report, totals)
     forced = json.loads((out / "conformance" / "forced-pairwise.json").read_text())
-    assert forced["versions"]["strategy"] == "pairwise"
+    assert forced["options"]["strategy"] == "pairwise"
     assert json.loads((out / "bench" / "bench.json").read_text())["rows"]
     assert "## Conformance summary" in summary and "## Benchmark" in summary
     environment = (out / "environment.txt").read_text()

@@ -93,11 +93,16 @@ class KerasAdapter:
     def versions(self) -> dict[str, str]:
         """Keras and its backend's versions, e.g. ``{"keras": "3.15.1", "jax": "0.10.2"}``."""
         module = importlib.import_module(_BACKEND_MODULE[self.backend])
-        return {
-            "keras": keras.__version__,
-            self.backend: module.__version__,
-            "strategy": ",".join(self.forced) or "auto",
-        }
+        return {"keras": keras.__version__, self.backend: module.__version__}
+
+    def options(self) -> dict[str, str]:
+        """What changes the run: the execution strategy forced through the environment.
+
+        Example:
+            >>> sorted(KerasAdapter().options())
+            ['strategy']
+        """
+        return {"strategy": ",".join(self.forced) or "auto"}
 
     def _device(self, device: str):
         return keras.device("gpu:0" if device == "cuda" else "cpu:0")

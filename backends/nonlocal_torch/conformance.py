@@ -93,11 +93,19 @@ class TorchAdapter:
     def versions(self) -> dict[str, str]:
         """Library versions for the report header."""
         out = {"torch": torch.__version__, "numpy": np.__version__}
-        out["strategy"] = ",".join(self.forced) or "auto"
         if torch.cuda.is_available():
             out["cuda"] = str(torch.version.cuda)
             out["gpu"] = torch.cuda.get_device_name()
         return out
+
+    def options(self) -> dict[str, str]:
+        """What changes the run: the execution strategy forced through the environment.
+
+        Example:
+            >>> TorchAdapter().options()["strategy"] in ("auto", "chunked,sorted")
+            True
+        """
+        return {"strategy": ",".join(self.forced) or "auto"}
 
     def build(
         self, config: NonLocalConfig, weights: Mapping[str, np.ndarray], *, dtype: str, device: str

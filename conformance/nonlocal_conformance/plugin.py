@@ -29,7 +29,7 @@ from nonlocal_core.cli import output_folder
 from .adapter import ALL_DTYPES
 from .backends import ENV_VAR, BackendError, load_adapter
 from .report import Report
-from .suite import Suite
+from .suite import Suite, Tally
 from .vectors import VectorCase, load_case, load_index
 
 SUITE_VERSION = "1.0"
@@ -104,6 +104,10 @@ def pytest_configure(config: pytest.Config) -> None:
         set_hypothesis_home_dir(hypothesis_home())
     if wants_suite:
         _check_paths(config)
+        # pytest's default traceback prints every frame's arguments: the adapter's arrays in
+        # full. The suite's messages say what failed; --tb=long still shows everything.
+        if config.getoption("tbstyle", "auto") == "auto":
+            config.option.tbstyle = "short"
 
 
 def _check_paths(config: pytest.Config) -> None:
@@ -225,8 +229,10 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     h = report.header
     versions = ", ".join(f"{k} {v}" for k, v in h["versions"].items())
     precision = ", ".join(f"{k}={v}" for k, v in h["precision"].items())
+    options = "".join(f", {k}={v}" for k, v in h["options"].items())
     return [
-        f"nonlocal conformance: backend {h['backend']} ({h['adapter']}), {versions}",
+        f"nonlocal conformance: backend {h['backend']} (adapter {h['adapter_name']!r}, "
+        f"{h['adapter']}{options}), {versions}",
         f"  device {h['device']}, dtype {h['dtype']}, precision {precision}, "
         f"hypothesis profile {h['hypothesis_profile']}, vectors {h['vectors']}",
     ]
@@ -243,6 +249,27 @@ def conformance_suite(request: pytest.FixtureRequest) -> Suite:
     return suite
 
 
+def failures_of(exc: BaseException) -> list[dict[str, str | None]]:
+    """One ``{"error", "case"}`` per distinct failure: the leaves of an exception group
+    (Hypothesis raises one when it finds several distinct bugs), each with its first line
+    and the falsifying case `Suite.check` attached.
+
+    Example:
+        >>> group = ExceptionGroup("2 distinct failures", [AssertionError("z: 3 of 8 entries"),
+        ...                                                 RuntimeError("inplace\\nmore")])
+        >>> [f["error"] for f in failures_of(group)]
+        ['AssertionError: z: 3 of 8 entries', 'RuntimeError: inplace']
+    """
+    # BaseExceptionGroup is built in from Python 3.11 (the `exceptiongroup` backport before).
+    subs = getattr(exc, "exceptions", None)
+    if isinstance(subs, (tuple, list)) and all(isinstance(e, BaseException) for e in subs):
+        return [leaf for sub in subs for leaf in failures_of(sub)]
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return [{"error": error[:500], "case": getattr(exc, "conformance_case", None)}]
+
+
 def _detail(report: pytest.TestReport) -> str:
     if report.skipped:
         if isinstance(report.longrepr, tuple):
@@ -254,18 +281,51 @@ def _detail(report: pytest.TestReport) -> str:
 
 
 class _Recorder:
-    """Collects outcomes of the conformance tests into the run's `Report`."""
+    """Collects outcomes of the conformance tests into the run's `Report`: per test, the
+    outcome, the `Tally` of `Suite.check` (examples run, draws declined) and every failure."""
 
     def __init__(self, config: pytest.Config):
         self.config = config
+        self.failures: dict[str, list[dict[str, str | None]]] = {}
+
+    def _ours(self, nodeid: str) -> bool:
+        return self.config.stash.get(_REPORT, None) is not None and (
+            nodeid in self.config.stash[_NODEIDS]
+        )
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        suite = self.config.stash.get(_SUITE, None)
+        if suite is not None and self._ours(item.nodeid):
+            suite.tally = Tally()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        outcome = yield
+        report = outcome.get_result()
+        if self._ours(item.nodeid) and report.failed and call.excinfo is not None:
+            self.failures[item.nodeid] = failures_of(call.excinfo.value)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        collected = self.config.stash.get(_REPORT, None)
-        if collected is None or report.nodeid not in self.config.stash[_NODEIDS]:
+        if not self._ours(report.nodeid):
             return
         if report.when == "call" or report.outcome != "passed":
+            suite = self.config.stash[_SUITE]
+            tally = suite.tally if report.when == "call" else Tally()
+            failures = self.failures.pop(report.nodeid, [])
             detail = "" if report.passed else _detail(report)
-            collected.add(report.nodeid, report.outcome, report.duration, detail)
+            if failures and len(failures) > 1:
+                detail = f"{len(failures)} distinct failures: " + "; ".join(
+                    f["error"] for f in failures
+                )
+            self.config.stash[_REPORT].add(
+                report.nodeid,
+                report.outcome,
+                report.duration,
+                detail,
+                examples=tally.examples if (tally.examples or tally.declined) else None,
+                declined=dict(tally.declined),
+                failures=failures,
+            )
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         report = self.config.stash.get(_REPORT, None)
@@ -280,11 +340,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     report = config.stash.get(_REPORT, None)
     if report is None:
         return
-    totals = report.totals()
+    totals, draws = report.totals(), report.draws()
+    options = "".join(f", {k}={v}" for k, v in report.header["options"].items())
     terminalreporter.write_line(
         f"nonlocal conformance [{report.header['backend']}, {report.header['dtype']}, "
-        f"{report.header['device']}]: {totals['passed']} passed, {totals['failed']} failed, "
-        f"{totals['skipped']} skipped"
+        f"{report.header['device']}{options}]: {totals['passed']} passed, "
+        f"{totals['failed']} failed, {totals['skipped']} skipped; {draws['examples']} drawn "
+        f"examples run, {draws['declined']} declined"
     )
     path = config.getoption("conformance_report")
     if path:

@@ -1,20 +1,25 @@
 """``python -m nonlocal_conformance.summary FILE.json...``: one table for several runs.
 
-One row per run (backend, passed, failed, skipped, duration, dtype, device, Hypothesis
-profile), then the skip reasons grouped with the backends and counts they apply to, then the
-failures. Reports of one run split into shards (``pytest -k`` or test files in several
-processes, each with its own ``--conformance-report``) are merged into one row: same
-backend, adapter, dtype, device and profile; counts and times add up (the time is
-then the sum over shards, not the wall time of shards run side by side). Exits 1 when any
+One row per run (the run: backend, with the adapter's name when it differs and its
+options such as a forced strategy; passed, failed, skipped; drawn examples run and declined;
+duration, dtype, device, Hypothesis profile), then the skip reasons grouped with the runs
+and counts they apply to, then the failures. Reports of one run split into shards
+(``pytest -k`` or test files in several processes, each with its own
+``--conformance-report``) are merged into one row: same backend, adapter, adapter name,
+options, dtype, device and profile, and no test in common; counts and times add up (the
+time is then the sum over shards, not the wall time of shards run side by side). Reports
+that share a test are different runs (a rerun) and keep their own rows. Exits 1 when any
 report has a failure (or cannot be read), 0 otherwise.
 
 Example:
     >>> rows = [{"backend": "numpy", "dtype": "float32", "device": "cpu", "duration_s": 2.5,
     ...          "hypothesis_profile": "ci", "totals": {"passed": 3, "failed": 0, "skipped": 1},
-    ...          "tests": [{"nodeid": "t::a", "outcome": "skipped", "detail": "no mask"}]}]
+    ...          "tests": [{"nodeid": "t::a", "outcome": "skipped", "detail": "no mask"},
+    ...                    {"nodeid": "t::b", "outcome": "passed", "examples": 12,
+    ...                     "declined": 2}]}]
     >>> print(render(rows))  # doctest: +NORMALIZE_WHITESPACE
-    backend  passed  failed  skipped  time (s)  dtype    device  profile
-    numpy         3       0        1       2.5  float32  cpu     ci
+    run    passed  failed  skipped  examples  declined  time (s)  dtype    device  profile
+    numpy       3       0        1        12         2       2.5  float32  cpu     ci
     <BLANKLINE>
     skip reasons:
       numpy (1): no mask
@@ -32,8 +37,19 @@ from typing import Any
 
 from .report import OUTCOMES
 
-COLUMNS = ("backend", "passed", "failed", "skipped", "time (s)", "dtype", "device", "profile")
-_RUN_KEYS = ("backend", "adapter", "dtype", "device", "hypothesis_profile")
+COLUMNS = (
+    "run",
+    "passed",
+    "failed",
+    "skipped",
+    "examples",
+    "declined",
+    "time (s)",
+    "dtype",
+    "device",
+    "profile",
+)
+_RUN_KEYS = ("backend", "adapter", "adapter_name", "dtype", "device", "hypothesis_profile")
 _COUNTS = ("passed", "failed", "skipped")
 FORMAT = "nonlocal-conformance-report/1"
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
@@ -79,6 +95,9 @@ def check_report(report: Any) -> dict[str, Any]:
         value = report.get(key)
         if value is not None and not isinstance(value, str):
             raise ReportError(f"{key!r} is {_brief(value)}: expected a string")
+    options = report.get("options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise ReportError(f"'options' is {_brief(options)}: expected an object of strings")
     totals = report.get("totals", {})
     if not isinstance(totals, dict):
         raise ReportError(
@@ -115,6 +134,12 @@ def check_report(report: Any) -> dict[str, Any]:
         detail = test.get("detail")
         if detail is not None and not isinstance(detail, str):
             raise ReportError(f"'tests[{i}].detail' is {_brief(detail)}: expected a string or null")
+        for count in ("examples", "declined"):
+            value = test.get(count)
+            if value is not None and (type(value) is not int or value < 0):
+                raise ReportError(
+                    f"'tests[{i}].{count}' is {_brief(value)}: expected an integer >= 0 or null"
+                )
     try:  # JSON's \\ud800 escapes decode to lone surrogates, which no output can encode
         json.dumps(report, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -149,44 +174,80 @@ def read_report(path: str | Path) -> dict[str, Any]:
     return check_report(document)
 
 
-def merge_shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Reports of the same run (see `_RUN_KEYS`) merged, in first-seen order.
+def run_key(report: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies a run: `_RUN_KEYS` and the adapter's options.
 
-    A check reported by two shards is kept once per shard, so an overlapping split shows up
-    as a count above the suite's size rather than disappearing.
+    Example:
+        >>> run_key({"backend": "torch", "options": {"strategy": "chunked"}})[-1]
+        (('strategy', 'chunked'),)
+    """
+    options = tuple(sorted((report.get("options") or {}).items()))
+    return (*(report.get(k) for k in _RUN_KEYS), options)
+
+
+def run_label(report: dict[str, Any]) -> str:
+    """The run's name in the table: backend, adapter name when it differs, options.
+
+    Example:
+        >>> run_label({"backend": "pkg.mod:A", "adapter_name": "mine",
+        ...            "options": {"strategy": "sdpa"}})
+        'pkg.mod:A (mine) strategy=sdpa'
+    """
+    label = str(report.get("backend", "?"))
+    name = report.get("adapter_name")
+    if name and name != label:
+        label += f" ({name})"
+    for key, value in sorted((report.get("options") or {}).items()):
+        label += f" {key}={value}"
+    return label
+
+
+def merge_shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shards of one run merged, in first-seen order: reports with the same `run_key` and
+    no test in common. A report sharing a test with a run is another run (a rerun, or the
+    same backend with other settings), never merged into it.
 
     Example:
         >>> shard = {"backend": "keras-jax", "duration_s": 10.0, "totals": {"passed": 2}}
         >>> merged = merge_shards([shard, dict(shard, totals={"passed": 3, "failed": 1})])
         >>> len(merged), merged[0]["totals"], merged[0]["duration_s"]
         (1, {'passed': 5, 'failed': 1, 'skipped': 0}, 20.0)
+        >>> rerun = {"backend": "torch", "tests": [{"nodeid": "t::a", "outcome": "passed"}]}
+        >>> len(merge_shards([rerun, rerun]))
+        2
     """
-    runs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    runs: list[tuple[tuple[Any, ...], set[str], dict[str, Any]]] = []
     for report in reports:
-        key = tuple(report.get(k) for k in _RUN_KEYS)
-        run = runs.get(key)
+        key = run_key(report)
+        ids = {t.get("nodeid") for t in report.get("tests", [])}
+        run = next((r for k, seen, r in runs if k == key and not seen & ids), None)
         if run is None:
-            runs[key] = run = {
+            run = {
                 **report,
                 "totals": dict.fromkeys(_COUNTS, 0),
                 "duration_s": 0.0,
                 "tests": [],
             }
+            runs.append((key, set(), run))
+        next(seen for _, seen, r in runs if r is run).update(ids)
         totals = report.get("totals", {})
         for count in _COUNTS:
             run["totals"][count] += totals.get(count, 0)
         run["duration_s"] += report.get("duration_s", 0.0)
         run["tests"] += report.get("tests", [])
-    return list(runs.values())
+    return [run for _, _, run in runs]
 
 
 def _row(report: dict[str, Any]) -> list[str]:
     totals = report.get("totals", {})
+    tests = report.get("tests", [])
     return [
-        str(report.get("backend", "?")),
+        run_label(report),
         str(totals.get("passed", 0)),
         str(totals.get("failed", 0)),
         str(totals.get("skipped", 0)),
+        str(sum(t.get("examples") or 0 for t in tests)),
+        str(sum(t.get("declined") or 0 for t in tests)),
         f"{report.get('duration_s', 0.0):.1f}",
         str(report.get("dtype", "?")),
         str(report.get("device", "?")),
@@ -199,7 +260,7 @@ def render(reports: list[dict[str, Any]]) -> str:
     reports = merge_shards(reports)
     rows = [list(COLUMNS)] + [_row(r) for r in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    numeric = {1, 2, 3, 4}
+    numeric = {1, 2, 3, 4, 5, 6}
     lines = []
     for row in rows:
         cells = [
@@ -212,9 +273,12 @@ def render(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         for t in r.get("tests", []):
             if t.get("outcome") == "skipped":
-                reasons[t.get("detail") or "(no reason given)"][str(r.get("backend"))] += 1
+                reasons[t.get("detail") or "(no reason given)"][run_label(r)] += 1
             elif t.get("outcome") == "failed":
-                failures.append(f"  {r.get('backend')}: {t.get('nodeid')}: {t.get('detail', '')}")
+                failures.append(f"  {run_label(r)}: {t.get('nodeid')}: {t.get('detail', '')}")
+                for failure in t.get("failures") or []:
+                    if isinstance(failure, dict) and failure.get("case"):
+                        failures.append(f"    case: {failure['case']}")
     if reasons:
         lines += ["", "skip reasons:"]
         for reason, per_backend in sorted(reasons.items()):
@@ -238,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         >>> _ = (folder / "a.json").write_text('{"backend": "numpy", "totals": {"passed": 2}}')
         >>> _ = (folder / "b.json").write_text("[1, 2]")
         >>> main([str(folder / "a.json"), str(folder / "b.json")])  # doctest: +NORMALIZE_WHITESPACE
-        backend  passed  failed  skipped  time (s)  dtype  device  profile
-        numpy         2       0        0       0.0  ?      ?       ?
+        run    passed  failed  skipped  examples  declined  time (s)  dtype  device  profile
+        numpy       2       0        0         0         0       0.0  ?      ?       ?
         1
     """
     parser = argparse.ArgumentParser(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 from nonlocal_conformance import backends, summary
 from nonlocal_conformance.adapter import Adapter
 from nonlocal_conformance.backends import BackendError, load_adapter
+from nonlocal_conformance.numpy_adapter import NumpyAdapter
+from nonlocal_conformance.report import Report
 
 from .runner import SUITE_DIR, run_suite
 
@@ -183,15 +186,25 @@ def test_summary_exits_non_zero_when_a_report_failed(tmp_path, capsys):
 
 def test_summary_merges_shards_of_one_run_and_keeps_other_runs_apart(tmp_path, capsys):
     first = _report(tmp_path / "a.json", "keras-jax", 0)
-    _report(tmp_path / "b.json", "keras-jax", 1)
-    other_dtype = json.loads(first.read_text()) | {"dtype": "float64"}
-    (tmp_path / "c.json").write_text(json.dumps(other_dtype))
-    assert summary.main([str(tmp_path / n) for n in ("a.json", "b.json", "c.json")]) == 1
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:3]]
-    # backend, passed, failed, skipped, time (s), dtype: the shards add up, float64 stays apart
-    assert [row[:6] for row in rows] == [
-        ["keras-jax", "10", "1", "0", "2.0", "float32"],
-        ["keras-jax", "5", "0", "0", "1.0", "float64"],
+    _report(tmp_path / "b.json", "keras-jax", 1)  # another shard: no test in common
+    runs = {
+        "c.json": {"dtype": "float64"},
+        "d.json": {"options": {"strategy": "chunked"}},  # the same backend, forced strategy
+        "e.json": {"adapter_name": "mine"},
+    }
+    for name, change in runs.items():
+        (tmp_path / name).write_text(json.dumps(json.loads(first.read_text()) | change))
+    names = ("a.json", "b.json", *runs, "b.json")  # b twice: a rerun shares its tests
+    assert summary.main([str(tmp_path / n) for n in names]) == 1
+    rows = [line.split("  ") for line in capsys.readouterr().out.splitlines()[1:6]]
+    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    # run, passed, failed, skipped, examples, declined, time (s), dtype
+    assert [row[:8] for row in rows] == [
+        ["keras-jax", "10", "1", "0", "0", "0", "2.0", "float32"],
+        ["keras-jax", "5", "0", "0", "0", "0", "1.0", "float64"],
+        ["keras-jax strategy=chunked", "5", "0", "0", "0", "0", "1.0", "float32"],
+        ["keras-jax (mine)", "5", "0", "0", "0", "0", "1.0", "float32"],
+        ["keras-jax", "5", "1", "0", "0", "0", "1.0", "float32"],
     ]
 
 
@@ -216,3 +229,39 @@ def test_entry_point_group_names_a_third_party_backend(monkeypatch):
     )
     assert backends.known_backends()["thirdparty"] == ep.value
     assert type(load_adapter("thirdparty")).__name__ == "MaskIgnored"
+
+
+class TwoBugs(NumpyAdapter):
+    """Crashes on a batch of one and returns z + 1 otherwise: two distinct failures."""
+
+    name = "two-bugs"
+
+    def forward(self, block, x, **kwargs):
+        if x.shape[0] == 1:
+            raise RuntimeError("one of the variables needed for gradient computation was modified")
+        out = super().forward(block, x, **kwargs)
+        return dataclasses.replace(out, z=out.z + 1)
+
+
+def test_a_failure_reports_every_distinct_failure_with_its_case_in_one_line(tmp_path, capsys):
+    code, report = run_suite(
+        f"{__name__}:TwoBugs", tmp_path, "-k", "test_output_matches_reference_in_inference"
+    )
+    assert code == pytest.ExitCode.TESTS_FAILED
+    out = capsys.readouterr().out
+    assert "array(" not in out, "a falsifying example must not dump arrays"
+    failed = [t for t in report["tests"] if t["outcome"] == "failed"]
+    assert failed and all(t["failures"] for t in failed)
+    errors = {f["error"].split(":")[0] for t in failed for f in t["failures"]}
+    assert errors == {"RuntimeError", "AssertionError"}, errors
+    both = [t for t in failed if len(t["failures"]) == 2]
+    assert both, "Hypothesis found both bugs in one check: the report lists both"
+    assert both[0]["detail"].startswith("2 distinct failures: ")
+    for failure in (f for t in failed for f in t["failures"]):
+        case = failure["case"]
+        assert case.startswith("Case(NonLocalConfig(") and "\n" not in case, case
+    markdown = Report(header={"backend": "two-bugs"})
+    for t in failed:
+        markdown.add(t["nodeid"], "failed", 0.0, t["detail"], failures=t["failures"])
+    text = markdown.to_markdown()
+    assert "## Failures" in text and "- RuntimeError: one of the variables" in text

@@ -19,14 +19,14 @@ def test_protocol_and_capabilities(adapter):
     assert adapter.name == f"keras-{BACKEND}"
     assert adapter.capabilities.gradients
     assert adapter.capabilities.dtypes == {"float64", "float32", "bfloat16", "float16"}
-    assert adapter.versions()["strategy"] == "auto"
-    assert set(adapter.versions()) == {"keras", BACKEND, "strategy"}
+    assert adapter.options() == {"strategy": "auto"}
+    assert set(adapter.versions()) == {"keras", BACKEND}
 
 
 def test_forced_strategies_take_the_first_each_block_can_run(monkeypatch):
     monkeypatch.setenv("NONLOCAL_KERAS_STRATEGY", "sdpa,sorted,chunked")
     forced = KerasAdapter()
-    assert forced.versions()["strategy"] == "sdpa,sorted,chunked"
+    assert forced.options()["strategy"] == "sdpa,sorted,chunked"
     chosen = {}
     for instantiation in INSTANTIATIONS:
         cfg = NonLocalConfig(4, spatial_dims=1, instantiation=instantiation)

@@ -137,7 +137,7 @@ def test_build_rejects_bad_weights_and_dtype():
 def test_forced_strategies_from_environment(monkeypatch):
     monkeypatch.setenv("NONLOCAL_TORCH_STRATEGY", "chunked, sorted")
     adapter = TorchAdapter()
-    assert adapter.versions()["strategy"] == "chunked,sorted"
+    assert adapter.options()["strategy"] == "chunked,sorted"
     build = lambda inst: adapter.build(  # noqa: E731
         NonLocalConfig(4, instantiation=inst),
         random_weights(NonLocalConfig(4, instantiation=inst)),
