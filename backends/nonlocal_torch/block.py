@@ -445,8 +445,9 @@ class NonLocalBlock(nn.Module):
             )
         channels_last = cfg.data_format == "channels_last"
         # (B, *S, C) -> (B, C, *S) is a view with channels_last strides: convs take it as is.
-        x_cf = x.movedim(-1, 1) if channels_last else x
+        x_cf = _one_channel_strides(x.movedim(-1, 1) if channels_last else x)
         ctx_cf = x_cf if context is None else (context.movedim(-1, 1) if channels_last else context)
+        ctx_cf = _one_channel_strides(ctx_cf)
 
         if self._fusable(context):
             theta, phi, g = self._project_together(x_cf)
@@ -480,7 +481,7 @@ class NonLocalBlock(nn.Module):
             y = y if channels_last else _in_format_of(y, x)
         elif not channels_last and _memory_format(x) == torch.contiguous_format:
             y = y.contiguous()
-        u = self.out(y)
+        u = self.out(_one_channel_strides(y))
         if self.norm is not None:
             u = self._normalise(u)
         z = u + x_cf if cfg.residual else u
@@ -590,6 +591,30 @@ def _positions(grid: Tensor, contiguous: bool = True) -> Tensor:
 # tensors when the graph runs: the pairwise step (its strategy choice reads sizes, and its
 # kernels take the eager path), the memory-format choice (strides), and the check below.
 torch.fx.wrap("attend_parts")
+
+
+def _one_channel_strides(t: Tensor) -> Tensor:
+    """A one-channel bfloat16 CPU tensor laid out as its contiguous strides say (a view).
+
+    With one channel, (B, 1, N) is contiguous whatever the stride of the channel axis, and a
+    view from channels-last data keeps stride 1 there. PyTorch's CPU bfloat16 1x1
+    convolution then takes a channels-last kernel that reads positions in pairs, so a NaN at
+    one position also made its neighbour NaN (found by the conformance suite; spec IO-4).
+    Other dtypes, devices and traced graphs are left alone.
+
+    Example:
+        >>> t = torch.zeros(2, 5, 1, dtype=torch.bfloat16).movedim(-1, 1)
+        >>> t.stride(), _one_channel_strides(t).stride()
+        ((5, 1, 1), (5, 5, 1))
+    """
+    if t.shape[1] != 1 or t.dtype != torch.bfloat16 or t.device.type != "cpu":
+        return t
+    if is_tracing(t) or not t.is_contiguous():
+        return t
+    strides = [1] * t.dim()
+    for axis in range(t.dim() - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * t.shape[axis + 1]
+    return t.as_strided(t.shape, strides)
 
 
 @torch.fx.wrap

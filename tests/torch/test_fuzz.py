@@ -377,3 +377,22 @@ def test_extreme_magnitudes_give_the_reference_result_or_overflow_visibly(config
     )
     if not overflows(trace, "float32"):
         assert_within(z.numpy(), trace.z, trace.err_z * SAFETY, f"z at scale {scale:.3g}")
+
+
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_a_nan_stays_in_its_position_with_one_bfloat16_channel(data_format):
+    # spec: IO-4 (found by the conformance suite: PyTorch's CPU bfloat16 1x1 convolution
+    # read a one-channel, channels-last-strided input in pairs of positions)
+    config = NonLocalConfig(
+        1, spatial_dims=1, instantiation="concatenation", data_format=data_format
+    )
+    block = NonLocalBlock.from_config(config, dtype=torch.bfloat16)
+    block.load_canonical_weights(random_weights(config, seed=0))
+    x = torch.randn(1, 1, 6, dtype=torch.bfloat16)
+    x[0, 0, 5] = float("nan")
+    context = torch.randn(1, 1, 1, dtype=torch.bfloat16)
+    if data_format == "channels_last":
+        x, context = x.transpose(1, 2).contiguous(), context.transpose(1, 2).contiguous()
+    with torch.no_grad():
+        z = block.eval()(x, context=context).flatten()
+    assert torch.isfinite(z[:5]).all() and torch.isnan(z[5]), z
