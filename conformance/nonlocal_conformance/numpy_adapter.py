@@ -27,7 +27,7 @@ import numpy as np
 
 import nonlocal_core
 from nonlocal_core import NonLocalConfig, check_weights, nonlocal_forward
-from nonlocal_core.config import require_config
+from nonlocal_core.config import require_config, require_flag
 
 from .adapter import ALL_DTYPES, Capabilities, Output
 from .backward import NOT_TRAINABLE, reference_gradients
@@ -41,6 +41,24 @@ class NumpyBlock:
     config: NonLocalConfig
     weights: dict[str, np.ndarray]
     dtype: str
+
+
+def require_floating(value: Any, name: str) -> None:
+    """TypeError naming `name` and its dtype unless `value` is a floating-point array.
+
+    Example:
+        >>> require_floating(np.arange(3), "x")
+        Traceback (most recent call last):
+        ...
+        TypeError: x has dtype int64: expected a floating-point array; convert it first, ...
+    """
+    dtype = np.asarray(value).dtype
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(
+            f"{name} has dtype {dtype}: expected a floating-point array; convert it first, e.g. "
+            f"{name}.astype(np.float32) (spec IO-3: integer and bool inputs are never cast "
+            f"silently)"
+        )
 
 
 class NumpyAdapter:
@@ -78,7 +96,15 @@ class NumpyAdapter:
         training: bool = False,
         return_attention: bool = False,
     ) -> Output:
-        """``nonlocal_forward`` in float64, results rounded to the block's dtype."""
+        """``nonlocal_forward`` in float64, results rounded to the block's dtype.
+
+        Integer and bool inputs are refused here, as every backend must (spec IO-3), although
+        the reference function itself reads real integers exactly as float64.
+        """
+        return_attention = require_flag(return_attention, "return_attention")
+        require_floating(x, "x")
+        if context is not None:
+            require_floating(context, "context")
         z, attention = nonlocal_forward(
             x,
             block.weights,

@@ -35,7 +35,7 @@ def test_output_shape_and_dtype_are_preserved(conformance_suite: Suite, instanti
 def test_output_matches_reference_in_inference(
     conformance_suite: Suite, instantiation, spatial_dims
 ):
-    # spec: NUM-1 NUM-2 INST-1 INST-2 INST-3 INST-4 INST-5 POOL-1 POOL-3 OUT-1 OUT-2 OUT-4
+    # spec: NUM-1 NUM-2 INST-1 INST-2 INST-3 INST-4 INST-5 POOL-1 POOL-3 OUT-1 OUT-2 OUT-4 CFG-2
     suite = conformance_suite
     suite.require(instantiation=instantiation, spatial_dims=spatial_dims)
 

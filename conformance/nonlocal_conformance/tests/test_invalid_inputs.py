@@ -1,7 +1,15 @@
 """Invalid inputs raise a clear error (ValueError/TypeError naming the argument) instead of
-returning numbers (spec: ERR-1)."""
+returning numbers (spec: ERR-1).
+
+A message names an argument when it holds the name as a whole word: "expected 4" does not
+name ``x``, "x has shape" and "x=" do. Weight names contain dots, so for them a dot followed
+by a letter or digit continues the name ("g.bias" is not named by "phi.g.bias.extra"),
+while a full stop after it ends the sentence.
+"""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -14,17 +22,50 @@ from ..suite import Suite
 ERRORS = (ValueError, TypeError)
 
 
-def _rejects(suite: Suite, case: Case, names: tuple[str, ...], **overrides) -> None:
+def names(message: str, name: str) -> bool:
+    """Whether `message` holds the argument `name` as a whole word.
+
+    Example:
+        >>> names("x has shape (2, 3)", "x"), names("expected rank 4", "x")
+        (True, False)
+        >>> names("too many values to unpack (expected 5)", "x")
+        False
+    """
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", message) is not None
+
+
+def names_weight(message: str, name: str) -> bool:
+    """Whether `message` holds the weight `name` (dots included) as a whole word.
+
+    Example:
+        >>> names_weight("missing weight(s) ['g.bias']", "g.bias")
+        True
+        >>> names_weight("unexpected: phi.g.bias.extra", "g.bias")
+        False
+        >>> names_weight("no g.bias.", "g.bias")
+        True
+    """
+    pattern = rf"(?<![A-Za-z0-9_.]){re.escape(name)}(?!\.?[A-Za-z0-9_])"
+    return re.search(pattern, message) is not None
+
+
+def _rejects(
+    suite: Suite, case: Case, argument: tuple[str, ...], *, dtype: str | None = None, **overrides
+) -> None:
+    """The forward pass with `overrides` raises ValueError/TypeError whose message names one
+    of the `argument` names (and, when given, the `dtype`) as a whole word."""
     try:
         out = suite.forward(case, **overrides)
     except ERRORS as exc:
         message = str(exc)
-        assert any(n in message for n in names), (
-            f"the error does not name the argument ({' or '.join(names)}): {message!r}"
+        assert any(names(message, n) for n in argument), (
+            f"the error does not name the argument ({' or '.join(argument)}): {message!r}"
         )
+        if dtype is not None:
+            assert names(message, dtype), f"the error does not name the dtype {dtype}: {message!r}"
         return
     raise AssertionError(
-        f"invalid {'/'.join(names)} accepted: returned z of shape {np.shape(out.z)}"
+        f"invalid {'/'.join(argument)} accepted: returned z of shape {np.shape(out.z)}"
     )
 
 
@@ -74,6 +115,7 @@ def test_key_mask_of_wrong_shape_is_rejected(conformance_suite: Suite):
 
 
 def test_context_of_wrong_shape_is_rejected(conformance_suite: Suite):
+    # spec: IO-2 ERR-1
     suite = conformance_suite
     suite.require(input_errors=True, context=True)
 
@@ -84,6 +126,9 @@ def test_context_of_wrong_shape_is_rejected(conformance_suite: Suite):
         _rejects(suite, case, ("context",), context=np.zeros(wrong_channels, ctx.dtype))
         wrong_batch = feature_shape(cfg, batch + 1, extent, cfg.context_channels)
         _rejects(suite, case, ("context",), context=np.zeros(wrong_batch, ctx.dtype))
+        _rejects(suite, case, ("context",), context=ctx[..., None])
+        if cfg.context_channels != cfg.in_channels:  # keys cannot read x: a context is required
+            _rejects(suite, case, ("context",), context=None)
 
     suite.check(suite.cases(context=True, key_mask=False), body)
 
@@ -110,9 +155,9 @@ def test_subsample_window_larger_than_extent_is_rejected(conformance_suite: Suit
 
 
 def test_mismatched_weights_are_rejected(conformance_suite: Suite):
-    # spec: W-1
+    # spec: W-1 ERR-1
     suite = conformance_suite
-    suite.require(input_errors=True)
+    suite.require(weight_errors=True)
 
     def body(case: Case):
         shapes = weight_shapes(case.config)
@@ -127,7 +172,7 @@ def test_mismatched_weights_are_rejected(conformance_suite: Suite):
         ):
             with pytest.raises(ERRORS) as info:
                 suite.build(case, weights)
-            assert mentioned in str(info.value), (
+            assert names_weight(str(info.value), mentioned), (
                 f"the error for a {label} weight does not name {mentioned!r}: {info.value}"
             )
         if "norm.running_var" in shapes:
@@ -137,7 +182,7 @@ def test_mismatched_weights_are_rejected(conformance_suite: Suite):
             }
             with pytest.raises(ERRORS) as info:
                 suite.build(case, negative)
-            assert "norm.running_var" in str(info.value), (
+            assert names_weight(str(info.value), "norm.running_var"), (
                 f"the error for a negative running variance does not name it: {info.value}"
             )
 
@@ -175,5 +220,52 @@ def test_non_real_input_dtype_is_rejected(conformance_suite: Suite):
 
     def body(case: Case):
         _rejects(suite, case, ("x",), x=case.x.astype(np.complex64))
+
+    suite.check(suite.cases(key_mask=False), body)
+
+
+# Integer dtypes a feature map arrives in by mistake: raw pixels (uint8), token ids and
+# indices (int64, int32); NumPy spells each dtype as the error must name it (spec IO-3).
+INTEGER_DTYPES = (np.uint8, np.int32, np.int64)
+
+
+def test_integer_or_boolean_input_is_rejected(conformance_suite: Suite):
+    """An integer or bool x or context is an error naming the argument and its dtype, never
+    converted silently: it is most often raw pixels or ids the network forgot to normalise."""
+    # spec: IO-3 ERR-1
+    suite = conformance_suite
+    suite.require(input_errors=True)
+
+    def body(case: Case):
+        integer = np.dtype(INTEGER_DTYPES[case.seed % len(INTEGER_DTYPES)])
+        features = {"x": case.x}
+        if case.context is not None:
+            features["context"] = case.context
+        for argument, value in features.items():
+            pixels = np.clip(np.rint(np.abs(np.asarray(value, np.float64)) * 50), 0, 127)
+            pixels = pixels.astype(integer)
+            _rejects(suite, case, (argument,), dtype=integer.name, **{argument: pixels})
+            _rejects(suite, case, (argument,), dtype="bool", **{argument: value > 0})
+
+    suite.check(suite.cases(context=None, key_mask=False), body)
+
+
+def test_non_boolean_flag_is_rejected(conformance_suite: Suite):
+    """``training="no"`` or ``return_attention=1`` raise an error naming the flag: a string
+    would otherwise read as True."""
+    # spec: ERR-1
+    suite = conformance_suite
+    suite.require(input_errors=True)
+    flags = [flag for flag in ("training", "attention") if not suite.missing(**{flag: True})]
+    if not flags:
+        pytest.skip(f"backend {suite.backend!r} declares neither training nor attention")
+
+    def body(case: Case):
+        if "training" in flags:
+            _rejects(suite, case, ("training",), training="no")
+            _rejects(suite, case, ("training",), training=1)
+        if "attention" in flags:
+            _rejects(suite, case, ("return_attention",), return_attention="yes")
+            _rejects(suite, case, ("return_attention",), return_attention=1)
 
     suite.check(suite.cases(key_mask=False), body)
