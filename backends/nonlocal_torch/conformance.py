@@ -212,10 +212,10 @@ def _mode(block: NonLocalBlock, training: bool) -> Iterator[None]:
     if block.norm is not None:
         saved = {k: v.clone() for k, v in block.norm.state_dict().items()}
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    block.train(training)
     try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        block.train(training)  # raises for a non-boolean flag: the settings still come back
         yield
     finally:
         block.eval()
