@@ -607,9 +607,9 @@ def _one_channel_strides(t: Tensor) -> Tensor:
         >>> t.stride(), _one_channel_strides(t).stride()
         ((5, 1, 1), (5, 5, 1))
     """
-    if t.shape[1] != 1 or t.dtype != torch.bfloat16 or t.device.type != "cpu":
+    if is_tracing(t) or t.shape[1] != 1 or t.dtype != torch.bfloat16:
         return t
-    if is_tracing(t) or not t.is_contiguous():
+    if t.device.type != "cpu" or not t.is_contiguous():
         return t
     strides = [1] * t.dim()
     for axis in range(t.dim() - 2, -1, -1):
