@@ -34,6 +34,13 @@ BUILTIN: dict[str, tuple[str, str | None, str]] = {
     "keras-tensorflow": (_KERAS, "tensorflow", "tensorflow"),
     "keras-jax": (_KERAS, "jax", "jax"),
     "keras-torch": (_KERAS, "torch", "torch,keras"),
+    # Published implementations (nonlocal_conformance.published): their real modules.
+    "mmcv": ("nonlocal_conformance.published.mmcv:MmcvAdapter", None, "mmcv"),
+    "pytorchvideo": (
+        "nonlocal_conformance.published.pytorchvideo:PyTorchVideoAdapter",
+        None,
+        "pytorchvideo",
+    ),
 }
 
 

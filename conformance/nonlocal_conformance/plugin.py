@@ -66,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--backend",
         default=None,
         help=f"implementation under test: numpy, torch, keras, keras-tensorflow, keras-jax, "
-        f"keras-torch, an entry-point name or package.module:AdapterClass "
+        f"keras-torch, mmcv, pytorchvideo, an entry-point name or package.module:AdapterClass "
         f"(default: ${ENV_VAR})",
     )
     group.addoption("--device", default="cpu", help="device to test on: cpu (default), cuda")
