@@ -89,7 +89,13 @@ def test_the_documented_adapter_passes_the_suite(tmp_path):
     assert data["totals"]["passed"] >= 5, "the example adapter should pass real checks"
     skipped = [t for t in data["tests"] if t["outcome"] == "skipped"]
     assert skipped, "the example declares partial support: something must be skipped"
-    assert all("not supported" in t["detail"] for t in skipped), skipped[:3]
+    assert all("declare" in t["detail"] for t in skipped), [
+        t["detail"] for t in skipped if "declare" not in t["detail"]
+    ][:3]
+    # C' > C is declined in build: counted with its reason, never failed.
+    declined = {r for t in data["tests"] for r in t["decline_reasons"]}
+    assert declined == {"inter_channels > in_channels: the block only reduces the width"}
+    assert data["draws"]["declined"] > 0 and data["draws"]["examples"] > 100, data["draws"]
 
 
 def test_option_table_matches_spec_conformance():
