@@ -82,8 +82,11 @@ def _own_message():
         own = _ANSI.sub("", _KERAS_HEADING.sub("", text.split(_KERAS_ARGUMENTS, 1)[0]))
         if own == text:
             raise
-        base = ValueError if isinstance(exc, ValueError) else TypeError
-        raise base(own) from exc
+        try:  # the layer's own class (InputError, ...), as Keras itself rebuilds it
+            error = type(exc)(own)
+        except Exception:
+            error = (ValueError if isinstance(exc, ValueError) else TypeError)(own)
+        raise error from exc
 
 
 class KerasAdapter:
