@@ -109,7 +109,8 @@ def _name(report: dict[str, Any]) -> str:
 def _version(report: dict[str, Any]) -> tuple[str, str]:
     versions = report.get("versions", {})
     package = IMPLEMENTATIONS.get(report["backend"], report["backend"])
-    framework = f"torch {versions['torch']}" if "torch" in versions else ""
+    # The release only: a CUDA build (2.13.0+cu128) runs the same module as the CPU one.
+    framework = f"torch {versions['torch'].split('+')[0]}" if "torch" in versions else ""
     return str(versions.get(package, "?")), framework
 
 

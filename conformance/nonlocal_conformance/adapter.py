@@ -74,12 +74,13 @@ class Unsupported(Exception):
     """
 
 
-def config_rules(config: NonLocalConfig) -> dict[str, str]:
+def config_rules(config: NonLocalConfig) -> dict[str, str | None]:
     """The rule each restrictable choice of `config` follows, in the vocabulary of the
     `Capabilities` fields ``logit_scales``, ``inter_channels`` and ``windows``.
 
     - logit scale: ``"default"`` (1/sqrt(d)), ``"one"`` (s = 1) or ``"any"`` (another
-      float); the non-softmax instantiations have none (``"default"``);
+      float); None for dot product and concatenation, which have no scale (any declared
+      ``logit_scales`` admits them);
     - inter_channels: ``"default"`` (C' = max(C // 2, 1)), ``"divisor"`` (C' = max(C // r, 1)
       for some integer r, mmcv's ``reduction``) or ``"any"``;
     - windows: ``"none"`` (no subsampling), ``"default"`` (the window ``subsample=True``
@@ -88,9 +89,13 @@ def config_rules(config: NonLocalConfig) -> dict[str, str]:
     Example:
         >>> config_rules(NonLocalConfig(8, inter_channels=2, logit_scale=False, subsample=True))
         {'logit_scales': 'one', 'inter_channels': 'divisor', 'windows': 'default'}
+        >>> config_rules(NonLocalConfig(8, instantiation="dot_product"))["logit_scales"] is None
+        True
     """
     scale = config.logit_scale
-    if not config.is_softmax or scale is None:
+    if not config.is_softmax:
+        scale_rule = None
+    elif scale is None:
         scale_rule = "default"
     else:
         scale_rule = "one" if scale == 1.0 else "any"
@@ -254,6 +259,8 @@ class Capabilities:
             "windows": ("subsample", config.subsample),
         }
         for field, rule in config_rules(config).items():
+            if rule is None:
+                continue
             if not any(rule in _ADMITS[field][d] for d in getattr(self, field)):
                 name, value = shown[field]
                 reasons.append(f"{name}={value!r} (rule {rule}) not supported")

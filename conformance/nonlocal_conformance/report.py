@@ -86,7 +86,11 @@ class Report:
         )
         for i, old in enumerate(self.records):
             if old.nodeid == nodeid:
-                if outcome == "failed" or old.outcome != "failed":
+                if old.outcome == "failed" and outcome == "failed":
+                    # A teardown error after a failed call: keep both, the call's first.
+                    old.failures += record.failures
+                    old.detail = "; ".join(d for d in (old.detail, detail) if d)
+                elif outcome == "failed" or old.outcome != "failed":
                     self.records[i] = record
                 return
         self.records.append(record)
@@ -149,14 +153,13 @@ class Report:
                 f"| {r.check} | {r.params} | {r.outcome} | {examples} | {r.declined} | "
                 f"{r.duration:.2f} | {_cell(r.detail)[:200]} |"
             )
-        reasons: dict[str, int] = {}
-        for r in self.records:
-            for reason, count in r.decline_reasons.items():
-                reasons[reason] = reasons.get(reason, 0) + count
-        if reasons:
-            lines += ["", "## Declined draws", "", "| reason | draws |", "|---|---|"]
-            for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
-                lines.append(f"| {_cell(reason)} | {count} |")
+        declined = [r for r in self.records if r.decline_reasons]
+        if declined:
+            lines += ["", "## Declined draws", "", "| check | reason | draws |", "|---|---|---|"]
+            for r in declined:
+                name = f"{r.check}[{r.params}]" if r.params else r.check
+                for reason, count in sorted(r.decline_reasons.items(), key=lambda i: -i[1]):
+                    lines.append(f"| {name} | {_cell(reason)} | {count} |")
         failed = [r for r in self.records if r.outcome == "failed"]
         if failed:
             lines += ["", "## Failures"]

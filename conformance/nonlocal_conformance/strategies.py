@@ -324,9 +324,7 @@ def cases(
     )
     case = make_case(config, dtype, input_scale=LARGE_INPUT[dtype] if large else 1.0, **options)
     if large and not _fits(case):  # half precision: keep the intermediates finite
-        case = make_case(
-            config.replace(logit_scale=None) if config.is_softmax else config, dtype, **options
-        )
+        case = make_case(config, dtype, **options)
     return case
 
 

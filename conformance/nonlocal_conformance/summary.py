@@ -6,8 +6,9 @@ duration, dtype, device, Hypothesis profile), then the skip reasons grouped with
 and counts they apply to, then the failures. Reports of one run split into shards
 (``pytest -k`` or test files in several processes, each with its own
 ``--conformance-report``) are merged into one row: same backend, adapter, adapter name,
-options, dtype, device and profile, and no test in common; counts and times add up (the
-time is then the sum over shards, not the wall time of shards run side by side). Reports
+options, library versions, dtype, device and profile, and no test in common; counts and
+times add up (the time is then the sum over shards, not the wall time of shards run side
+by side). Reports
 that share a test are different runs (a rerun) and keep their own rows. Exits 1 when any
 report has a failure (or cannot be read), 0 otherwise.
 
@@ -175,14 +176,18 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 
 def run_key(report: dict[str, Any]) -> tuple[Any, ...]:
-    """What identifies a run: `_RUN_KEYS` and the adapter's options.
+    """What identifies a run: `_RUN_KEYS`, the adapter's options, the library versions and
+    the suite and spec versions.
 
     Example:
-        >>> run_key({"backend": "torch", "options": {"strategy": "chunked"}})[-1]
+        >>> run_key({"backend": "torch", "options": {"strategy": "chunked"}})[-3]
         (('strategy', 'chunked'),)
     """
     options = tuple(sorted((report.get("options") or {}).items()))
-    return (*(report.get(k) for k in _RUN_KEYS), options)
+    versions = report.get("versions")
+    versions = tuple(sorted(versions.items())) if isinstance(versions, dict) else None
+    suite = (report.get("suite_version"), report.get("spec_version"))
+    return (*(report.get(k) for k in _RUN_KEYS), options, versions, suite)
 
 
 def run_label(report: dict[str, Any]) -> str:

@@ -235,10 +235,10 @@ def _mode(torch: Any, module: Any, training: bool) -> Iterator[None]:
     and the TF32 switches are restored afterwards (TF32 off: float32 means float32)."""
     saved = {name: b.clone() for name, b in module.named_buffers()}
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    module.train(training)
     try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        module.train(training)  # raises for a non-boolean flag: the settings still come back
         yield
     finally:
         module.eval()

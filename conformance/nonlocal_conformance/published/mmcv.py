@@ -71,9 +71,9 @@ class MmcvAdapter(PublishedTorchAdapter):
             norms=frozenset({"batch", None}),
             dtypes=frozenset(DTYPES),
             devices=devices,
-            # Dot product and concatenation have no scale (rule "default"); the softmax
-            # instantiations' rules are overridden below.
-            logit_scales=frozenset({"default"}),
+            # use_scale: the embedded Gaussian's logits by 1/sqrt(C') or not at all; the
+            # Gaussian is never scaled (below).
+            logit_scales=frozenset({"default", "one"}),
             inter_channels=frozenset({"divisor"}),
             windows=frozenset({"none", "default"}),
             residual=frozenset({True}),
@@ -86,12 +86,7 @@ class MmcvAdapter(PublishedTorchAdapter):
             gradients=True,
             input_errors=False,
             weight_errors=True,
-            per_instantiation={
-                # use_scale scales the embedded Gaussian's logits by 1/sqrt(C') or not at all.
-                "embedded_gaussian": {"logit_scales": frozenset({"default", "one"})},
-                # mmcv never scales the Gaussian.
-                "gaussian": {"logit_scales": frozenset({"one"})},
-            },
+            per_instantiation={"gaussian": {"logit_scales": frozenset({"one"})}},
         )
 
     def construct(self, kwargs: dict[str, Any]) -> Any:

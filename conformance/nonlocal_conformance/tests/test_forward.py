@@ -104,7 +104,7 @@ def test_output_and_attention_match_reference_with_key_mask(
     # spec: MASK-1
     suite = conformance_suite
     suite.require(instantiation=instantiation, key_mask=True)
-    attention = not suite.missing(attention=True)
+    attention = not suite.missing(instantiation=instantiation, attention=True)
 
     def body(case):
         ref = suite.reference(case)

@@ -51,7 +51,9 @@ def test_golden_vector_is_reproduced(conformance_suite: Suite, golden_vector: Ve
     ref = suite.reference(case)
     moved_z, moved_a = _input_rounding(vec, case)
     try:
-        attention = vec.expected_attention is not None and not suite.missing(attention=True)
+        attention = vec.expected_attention is not None and not suite.missing(
+            vec.config, attention=True
+        )
         out = suite.forward(case, return_attention=attention)
     except Unsupported as exc:
         suite.tally.declined[decline_reason(exc)] += 1

@@ -15,8 +15,8 @@ from ..suite import Suite, assert_within
 def test_gradients_match_reference(conformance_suite: Suite, instantiation):
     suite = conformance_suite
     suite.require(instantiation=instantiation, gradients=True)
-    context_ok = not suite.missing(context=True)
-    mask_ok = not suite.missing(key_mask=True)
+    context_ok = not suite.missing(instantiation=instantiation, context=True)
+    mask_ok = not suite.missing(instantiation=instantiation, key_mask=True)
 
     def body(case: Case):
         cotangent = case.cotangent()
