@@ -65,11 +65,10 @@ class DeclinesEverything(NumpyAdapter):
 
 
 # A naive adapter declines most draws, and each costs a draw and a reference: its runs take
-# one check of each kind (values, training, gradients, weights, identity, golden vectors).
+# one check of each kind (values, gradients, weights, golden vectors).
 NAIVE_CHECKS = (
-    "test_output_matches_reference_in_inference or test_output_matches_reference_in_training "
-    "or test_gradients_match_reference or test_mismatched_weights_are_rejected "
-    "or test_block_is_the_identity or test_golden_vector_is_reproduced"
+    "test_output_matches_reference_in_inference or test_gradients_match_reference "
+    "or test_mismatched_weights_are_rejected or test_golden_vector_is_reproduced"
 )
 
 
@@ -91,7 +90,7 @@ def test_a_published_block_is_declined_where_it_cannot_build_never_failed(adapte
     assert code == pytest.ExitCode.OK and not failed, failed
     assert report["adapter_name"] == adapter.name
     totals = report["totals"]
-    assert totals["passed"] >= (8 if naive else 20), totals  # the checks it can run, ran
+    assert totals["passed"] >= (5 if naive else 20), totals  # the checks it can run, ran
     if naive:
         # Only the coarse fields declared: the rest is declined, and every decline counted
         # with its reason in the check that drew it.
